@@ -1,0 +1,36 @@
+# The two commands that matter: `make run` and `make test`. Both build .venv on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test demo lint bench check clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/extproc serve --config examples/
+
+test: $(STAMP)
+	$(BIN)/ruff check extproc tests bench
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/python -m bench.demo
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.load
+
+check: $(STAMP)
+	$(BIN)/extproc check examples/
+
+lint: $(STAMP)
+	$(BIN)/ruff check extproc tests bench
+	$(BIN)/ruff format --check extproc tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

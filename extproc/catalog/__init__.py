@@ -1,0 +1,6 @@
+"""The model cost catalog: what a call's tokens cost, and where that price came from."""
+
+from extproc.catalog.catalog import Catalog, LookupStatus, Price, Rates, format_usd
+from extproc.catalog.model import CatalogDocument, UserRates
+
+__all__ = ["Catalog", "CatalogDocument", "LookupStatus", "Price", "Rates", "UserRates", "format_usd"]

@@ -1,0 +1,157 @@
+"""The `extproc` command: serve, check, price, spend.
+
+Every `serve` flag can also come from the environment as EXTPROC_<FLAG> (upper case,
+dashes as underscores); a flag given on the command line wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Sequence
+from decimal import Decimal
+
+from extproc.config import ConfigError, load_config
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"EXTPROC_{name}", default)
+
+
+def _env_list(name: str) -> list[str]:
+    raw = _env(name)
+    return [p for p in raw.replace(",", ":").split(":") if p] if raw else []
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="extproc", description="LLM spend budgets enforced at Envoy")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the ext_proc sidecar")
+    serve.add_argument("--config", nargs="+", action="extend", default=None, metavar="PATH")
+    serve.add_argument("--catalog", action="append", default=None, metavar="FILE")
+    serve.add_argument("--redis-url", default=_env("REDIS_URL"))
+    serve.add_argument("--grpc-address", default=_env("GRPC_ADDRESS", "0.0.0.0:50051"))
+    serve.add_argument("--admin-address", default=_env("ADMIN_ADDRESS", "0.0.0.0:9090"))
+    serve.add_argument("--workers", type=int, default=int(_env("WORKERS", "1") or 1))
+    serve.add_argument(
+        "--store-timeout-ms",
+        type=int,
+        default=int(_env("STORE_TIMEOUT_MS", "50") or 50),
+        help="deadline of each spend-store call; keep well inside Envoy's message_timeout",
+    )
+    serve.add_argument(
+        "--hold-lease-seconds", type=int, default=int(_env("HOLD_LEASE_SECONDS", "300") or 300)
+    )
+    serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
+
+    check = sub.add_parser("check", help="validate configuration files")
+    check.add_argument("paths", nargs="+")
+    check.add_argument("--catalog", action="append", default=[], metavar="FILE")
+
+    price = sub.add_parser("price", help="the cost in USD the sidecar would record")
+    price.add_argument("--model", required=True)
+    price.add_argument("--provider", default=None)
+    price.add_argument("--input", type=int, required=True, help="all input tokens, cached included")
+    price.add_argument("--output", type=int, required=True)
+    price.add_argument("--cached-input", type=int, default=0)
+    price.add_argument("--cache-write", type=int, default=0)
+    price.add_argument("--reasoning", type=int, default=0)
+    price.add_argument("--config", nargs="+", action="extend", default=[], metavar="PATH")
+    price.add_argument("--catalog", action="append", default=[], metavar="FILE")
+
+    spend = sub.add_parser("spend", help="spend, limit, remaining and reset of each budget entry")
+    spend.add_argument("--config", nargs="+", action="extend", required=True, metavar="PATH")
+    spend.add_argument("--catalog", action="append", default=[], metavar="FILE")
+    spend.add_argument("--redis-url", default=_env("REDIS_URL"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "check":
+            return _check(args)
+        if args.command == "price":
+            return _price(args)
+        return _spend(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from extproc.app import ServeOptions, run
+    from extproc.service import Settings
+
+    opts = ServeOptions(
+        config_paths=args.config or _env_list("CONFIG") or ["examples/"],
+        catalog_files=args.catalog or _env_list("CATALOG"),
+        redis_url=args.redis_url or None,
+        grpc_address=args.grpc_address,
+        admin_address=args.admin_address,
+        workers=args.workers,
+        store_timeout_ms=args.store_timeout_ms,
+        log_level=args.log_level,
+        settings=Settings(hold_lease_seconds=args.hold_lease_seconds),
+    )
+    # Fail fast with file:line problems before binding anything.
+    load_config(opts.config_paths, opts.catalog_files)
+    return run(opts)
+
+
+def _check(args: argparse.Namespace) -> int:
+    config = load_config(args.paths, args.catalog)
+    entries = sum(len(b.entries) for b in config.budgets)
+    print(
+        f"ok: {len(config.sources)} files, {len(config.budgets)} budgets ({entries} entries), "
+        f"{len(config.policies)} policies, {len(config.catalogs)} catalogs"
+    )
+    return 0
+
+
+def _price(args: argparse.Namespace) -> int:
+    from extproc.catalog import Catalog, format_usd
+    from extproc.usage import Usage
+
+    config = load_config(args.config, args.catalog) if (args.config or args.catalog) else None
+    catalog = Catalog(config.catalogs if config else ())
+    usage = Usage(
+        input_tokens=args.input,
+        output_tokens=args.output,
+        cached_input_tokens=args.cached_input,
+        cache_creation_input_tokens=args.cache_write,
+        reasoning_tokens=args.reasoning,
+    )
+    price = catalog.price(usage, args.model, args.provider)
+    print(format_usd(price.usd))
+    if price.status.value in ("unpriced", "missing"):
+        print(f"warning: {args.model}: not in any catalog ({price.status.value}); priced at $0", file=sys.stderr)
+    return 0
+
+
+def _spend(args: argparse.Namespace) -> int:
+    from extproc.spend import spend_table
+
+    config = load_config(args.config, args.catalog)
+    rows = asyncio.run(spend_table(config, args.redis_url, time.time()))
+    header = ("BUDGET", "SUBJECT", "UNIT", "WINDOW", "ACTION", "SPEND", "LIMIT", "REMAINING", "RESET(s)")
+    table = [header, *rows]
+    widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _fmt(amount: Decimal) -> str:
+    return format(amount.normalize(), "f")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""The read-only admin HTTP endpoint: /metrics, /healthz, /readyz.
+
+A few GET routes do not earn a web framework: this is a small HTTP/1.1 responder on
+asyncio streams, one request per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from extproc.telemetry import log
+
+ReadyCheck = Callable[[], Awaitable[tuple[bool, str]]]
+
+
+class AdminServer:
+    def __init__(self, registry: CollectorRegistry, ready: ReadyCheck) -> None:
+        self.registry = registry
+        self.ready = ready
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        self._server = await asyncio.start_server(self._handle, host, port, reuse_port=True)
+        return self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+            request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            parts = request_line.split(" ")
+            method, target = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
+            status, ctype, body = await self._route(method, target.split("?", 1)[0])
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            writer.close()
+            return
+        except Exception:
+            log.exception("admin request failed")
+            status, ctype, body = 500, "text/plain", b"internal error\n"
+        reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}.get(
+            status, "Error"
+        )
+        writer.write(
+            f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+            f"Connection: close\r\n\r\n".encode()
+            + body
+        )
+        try:
+            await writer.drain()
+        finally:
+            writer.close()
+
+    async def _route(self, method: str, path: str) -> tuple[int, str, bytes]:
+        if method not in ("GET", "HEAD"):
+            return 405, "text/plain", b"read-only\n"
+        if path == "/metrics":
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+        if path == "/healthz":
+            return 200, "text/plain", b"ok\n"
+        if path == "/readyz":
+            ok, why = await self.ready()
+            return (200 if ok else 503), "text/plain", (why + "\n").encode()
+        return 404, "text/plain", b"not found\n"

@@ -1,0 +1,409 @@
+"""What one ext_proc stream means: admit an LLM call against its budgets, then account for it.
+
+One `Exchange` per HTTP request. The request phase resolves the route, the subject and
+the matching entries, and asks the store to admit (placing holds) or answers 429. The
+response phase reads usage, prices it and records the spend, releasing the holds.
+Whatever happens, a hold is released and usage that was seen is recorded (`close`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from google.protobuf.struct_pb2 import Struct
+
+from extproc import budgets
+from extproc.budgets import BudgetIndex, Charge, RouteBudgets
+from extproc.catalog import Catalog, LookupStatus, Price, format_usd
+from extproc.config.model import Action, Config, FailureMode, Unit
+from extproc.dimensions import detect_provider, resolve
+from extproc.server import wire
+from extproc.server.wire import ProcessingRequest, ProcessingResponse
+from extproc.store import Counter, CounterState, SpendStore, StoreUnavailable
+from extproc.store.windows import bucket_seconds_for
+from extproc.telemetry import Metrics, log
+from extproc.usage import LlmRequest, Usage, UsageStream, openai
+
+METADATA_NAMESPACE = "extproc.budgets"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Service knobs that are not budgets."""
+
+    # How long a hold outlives its request at most (a crashed replica's holds expire).
+    hold_lease_seconds: int = 300
+    # Output tokens a hold assumes when the request names no max_tokens.
+    default_output_hold_tokens: int = 1024
+
+
+class Snapshot:
+    """One configuration, with everything derived from it once: the index and the catalog."""
+
+    def __init__(self, config: Config, catalog: Catalog | None = None) -> None:
+        self.config = config
+        self.index = BudgetIndex(config)
+        self.catalog = catalog if catalog is not None else Catalog(config.catalogs)
+
+
+@dataclass(slots=True)
+class Exchange:
+    """The state of one HTTP request/response through the filter."""
+
+    started: float = field(default_factory=time.monotonic)
+    route: str = ""
+    route_budgets: RouteBudgets | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    attributes: dict[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, Struct] = field(default_factory=dict)
+    request: LlmRequest = field(default_factory=LlmRequest)
+    provider: str = "openai"
+    charges: list[Charge] = field(default_factory=list)
+    counters: list[Counter] = field(default_factory=list)
+    hold_id: str = ""
+    holding: bool = False
+    admitted: bool = False
+    injected_usage: bool = False
+    status: int = 0
+    streaming: bool = False
+    accumulator: UsageStream | None = None
+    body: bytearray = field(default_factory=bytearray)
+    finished: bool = False
+
+
+class BudgetService:
+    def __init__(
+        self, snapshot: Snapshot, store: SpendStore, metrics: Metrics, settings: Settings | None = None
+    ) -> None:
+        self.snapshot = snapshot
+        self.store = store
+        self.metrics = metrics
+        self.settings = settings or Settings()
+
+    # -- the message dispatch -------------------------------------------------------
+
+    async def handle(self, ex: Exchange, msg: ProcessingRequest) -> ProcessingResponse:
+        kind = msg.WhichOneof("request")
+        if kind == "request_headers":
+            return await self._request_headers(ex, msg)
+        if kind == "request_body":
+            return await self._request_body(ex, msg)
+        if kind == "response_headers":
+            return await self._response_headers(ex, msg)
+        if kind == "response_body":
+            return await self._response_body(ex, msg)
+        if kind == "response_trailers":
+            await self.close(ex)
+        return wire.continue_reply(kind or "request_headers")
+
+    # -- request phase --------------------------------------------------------------
+
+    async def _request_headers(self, ex: Exchange, msg: ProcessingRequest) -> ProcessingResponse:
+        ex.route = wire.route_name(msg) or ""
+        ex.route_budgets = self.snapshot.index.for_route(ex.route)
+        if ex.route_budgets is None:
+            return wire.UNTOUCHED_REQUEST_HEADERS
+        ex.headers = wire.header_map(msg.request_headers.headers)
+        ex.attributes = wire.attribute_strings(msg)
+        ex.metadata = msg.metadata_context.filter_metadata
+        ex.provider = detect_provider(ex.headers.get(":path", ""), ex.headers.get(":authority", ""))
+        if msg.request_headers.end_of_stream:
+            # No body will come (a GET, say): admit on what the headers tell.
+            return await self._admit(ex, wire.CONTINUE_REQUEST_HEADERS)
+        return wire.CONTINUE_REQUEST_HEADERS
+
+    async def _request_body(self, ex: Exchange, msg: ProcessingRequest) -> ProcessingResponse:
+        if ex.route_budgets is None or ex.admitted:
+            return wire.CONTINUE_REQUEST_BODY
+        ex.body += msg.request_body.body
+        if not msg.request_body.end_of_stream:
+            return wire.CONTINUE_REQUEST_BODY  # only with a STREAMED request body mode
+        body = bytes(ex.body)
+        ex.body.clear()
+        parsed = openai.parse_request(body)
+        if parsed.problem:
+            self.metrics.parse_problems.labels("request", parsed.problem).inc()
+            log.info("request body not read", route=ex.route, problem=parsed.problem, bytes=len(body))
+        ex.request = parsed.request
+        reply = wire.CONTINUE_REQUEST_BODY
+        if parsed.rewritten_body is not None:
+            ex.injected_usage = parsed.injected_usage
+            reply = wire.replace_request_body(parsed.rewritten_body)
+        return await self._admit(ex, reply)
+
+    async def _admit(self, ex: Exchange, reply: ProcessingResponse) -> ProcessingResponse:
+        ex.admitted = True
+        route_budgets = ex.route_budgets
+        assert route_budgets is not None
+        snap = self.snapshot
+        dims = resolve(
+            snap.config.dimensions,
+            headers=ex.headers,
+            metadata=ex.metadata,
+            attributes=ex.attributes,
+            builtins={"model": ex.request.model, "provider": ex.provider, "route": ex.route},
+        )
+        ex.charges = budgets.match(route_budgets.resources, dims)
+        if not ex.charges:
+            return reply
+        ex.counters = [counter_for(c) for c in ex.charges]
+        ex.hold_id = uuid.uuid4().hex
+        holds = self._holds(ex)
+        t0 = time.perf_counter()
+        try:
+            result = await self.store.admit(
+                ex.counters, holds, ex.hold_id, self.settings.hold_lease_seconds, time.time()
+            )
+        except StoreUnavailable as exc:
+            self.metrics.store_errors.labels("admit").inc()
+            if route_budgets.failure_mode is FailureMode.CLOSED:
+                log.error("spend store unavailable; rejecting", route=ex.route, error=str(exc))
+                self.metrics.requests.labels(ex.route, "store_unavailable").inc()
+                return _store_unavailable_reply()
+            log.warning("spend store unavailable; admitting (failure mode Open)", route=ex.route, error=str(exc))
+            return reply
+        finally:
+            self.metrics.admission_seconds.observe(time.perf_counter() - t0)
+        ex.holding = result.admitted
+        blocker: tuple[Charge, CounterState] | None = None
+        for charge, state in zip(ex.charges, result.states, strict=True):
+            if not state.over_limit:
+                continue
+            entry = charge.entry
+            blocking = entry.action is Action.BLOCK
+            self._log_exceeded(charge, "admission", "over_limit_block" if blocking else "over_limit_audit")
+            if blocking and (blocker is None or state.reset_seconds > blocker[1].reset_seconds):
+                blocker = (charge, state)
+        if not result.admitted and blocker is not None:
+            self.metrics.requests.labels(ex.route, "blocked").inc()
+            return _budget_exceeded_reply(*blocker)
+        return reply
+
+    def _holds(self, ex: Exchange) -> list[int]:
+        """Each counter's hold: the request's estimated cost in that counter's unit."""
+        req = ex.request
+        estimate = Usage(
+            input_tokens=req.estimated_input_tokens,
+            output_tokens=req.max_tokens if req.max_tokens is not None else self.settings.default_output_hold_tokens,
+        )
+        nanos: int | None = None
+        holds = []
+        for charge in ex.charges:
+            if charge.entry.unit is Unit.TOKENS:
+                holds.append(estimate.total_tokens)
+            else:
+                if nanos is None:
+                    nanos = self.snapshot.catalog.price(estimate, req.model, ex.provider).nanos
+                holds.append(nanos)
+        return holds
+
+    def _log_exceeded(self, charge: Charge, phase: str, outcome: str) -> None:
+        e = charge.entry
+        self.metrics.budget_exceeded.labels(e.budget_id, e.action.telemetry, phase).inc()
+        log.warning(
+            "budget exceeded",
+            budget_id=e.budget_id,
+            budget_action=e.action.telemetry,
+            budget_unit=e.unit.telemetry,
+            budget_limit=_limit_text(charge),
+            budget_window=e.window.telemetry,
+            budget_subject=dict(charge.values) or None,
+            phase=phase,
+            outcome=outcome,
+        )
+
+    # -- response phase -------------------------------------------------------------
+
+    async def _response_headers(self, ex: Exchange, msg: ProcessingRequest) -> ProcessingResponse:
+        headers = wire.header_map(msg.response_headers.headers)
+        try:
+            ex.status = int(headers.get(":status", "0"))
+        except ValueError:
+            ex.status = 0
+        if not ex.admitted:
+            # The stream began at the response phase (a local reply from an earlier
+            # filter, such as jwt_authn's 401): nothing was admitted, nothing to count.
+            return wire.CONTINUE_RESPONSE_HEADERS
+        if msg.response_headers.end_of_stream:
+            await self.close(ex)
+            return wire.CONTINUE_RESPONSE_HEADERS
+        if headers.get("content-type", "").startswith("text/event-stream"):
+            ex.streaming = True
+            ex.accumulator = openai.StreamAccumulator(hide_usage_chunk=ex.injected_usage)
+            return wire.STREAM_RESPONSE_HEADERS
+        return wire.CONTINUE_RESPONSE_HEADERS
+
+    async def _response_body(self, ex: Exchange, msg: ProcessingRequest) -> ProcessingResponse:
+        if not ex.admitted or ex.finished:
+            return wire.CONTINUE_RESPONSE_BODY
+        chunk = msg.response_body.body
+        end = msg.response_body.end_of_stream
+        if ex.accumulator is not None:
+            out = ex.accumulator.feed(chunk)
+            if end:
+                out += ex.accumulator.finish()
+            replaced = None if out is chunk else out
+            metadata = await self.close(ex) if end else None
+            if replaced is None and metadata is None:
+                return wire.CONTINUE_RESPONSE_BODY
+            return wire.response_body_reply(replaced, metadata)
+        ex.body += chunk
+        if not end:
+            return wire.CONTINUE_RESPONSE_BODY  # a STREAMED non-SSE body: keep a copy
+        metadata = await self.close(ex)
+        return wire.response_body_reply(None, metadata)
+
+    async def close(self, ex: Exchange, reason: str = "") -> Struct | None:
+        """Account for the exchange once: record what usage was seen, else release holds."""
+        if ex.finished or not ex.admitted:
+            return None
+        ex.finished = True
+        usage, response_model, problem = self._usage(ex)
+        if problem:
+            self.metrics.parse_problems.labels("response", problem).inc()
+        model = response_model or ex.request.model
+        if usage is None:
+            await self._release(ex, reason or problem or "no usage")
+            if ex.status:
+                log.info(
+                    "request",
+                    route=ex.route,
+                    **{"http.status": ex.status, "gen_ai.request.model": ex.request.model},
+                    usage="none",
+                    reason=reason or problem or "no usage",
+                )
+            return None
+        price = self.snapshot.catalog.price(usage, model, ex.provider)
+        if price.status is LookupStatus.UNPRICED:
+            self.metrics.unpriced.labels(model or "").inc()
+            log.warning("model not in catalog; priced at $0", model=model, provider=ex.provider)
+        await self._record(ex, usage, price)
+        self._log_request(ex, usage, price, response_model)
+        self.metrics.requests.labels(ex.route, "counted").inc()
+        self.metrics.tokens.labels(ex.route, model or "", "input").inc(usage.input_tokens)
+        self.metrics.tokens.labels(ex.route, model or "", "output").inc(usage.output_tokens)
+        self.metrics.cost_nanos.labels(ex.route, model or "").inc(price.nanos)
+        return wire.metadata_struct(
+            METADATA_NAMESPACE,
+            {
+                "cost_usd": format_usd(price.usd),
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "model": model or "",
+            },
+        )
+
+    def _usage(self, ex: Exchange) -> tuple[Usage | None, str | None, str | None]:
+        if ex.accumulator is not None:
+            acc = ex.accumulator
+            problem = None if acc.usage is not None else "stream ended without usage"
+            return acc.usage, acc.model, problem
+        if not ex.body:
+            return None, None, "empty response body" if ex.status else None
+        parsed = openai.parse_response(bytes(ex.body))
+        ex.body.clear()
+        return parsed.usage, parsed.model, parsed.problem
+
+    async def _record(self, ex: Exchange, usage: Usage, price: Price) -> None:
+        if not ex.counters:
+            return
+        amounts = [
+            usage.total_tokens if c.entry.unit is Unit.TOKENS else price.nanos for c in ex.charges
+        ]
+        try:
+            await self.store.record(ex.counters, amounts, ex.hold_id, time.time())
+        except StoreUnavailable as exc:
+            # The failover store keeps it for replay; a bare store lost it: say so loudly.
+            self.metrics.store_errors.labels("record").inc()
+            log.error("spend not recorded", route=ex.route, error=str(exc), amounts=amounts)
+
+    async def _release(self, ex: Exchange, reason: str) -> None:
+        if not ex.holding:
+            return
+        ex.holding = False
+        self.metrics.holds_released.labels(reason).inc()
+        try:
+            await self.store.release(ex.counters, ex.hold_id)
+        except StoreUnavailable:
+            self.metrics.store_errors.labels("release").inc()  # the lease will expire it
+
+    def _log_request(self, ex: Exchange, usage: Usage, price: Price, response_model: str | None) -> None:
+        log.info(
+            "request",
+            route=ex.route,
+            **{
+                "http.status": ex.status,
+                "gen_ai.provider.name": ex.provider,
+                "gen_ai.request.model": ex.request.model,
+                "gen_ai.response.model": response_model,
+                "gen_ai.usage.input_tokens": usage.input_tokens,
+                "gen_ai.usage.output_tokens": usage.output_tokens,
+                "gen_ai.usage.cached_input_tokens": usage.cached_input_tokens,
+                "gen_ai.usage.reasoning_tokens": usage.reasoning_tokens,
+                "gen_ai.usage.cost_usd": format_usd(price.usd),
+                "price_status": price.status.value,
+                "streamed": ex.streaming,
+                "duration_ms": round((time.monotonic() - ex.started) * 1000, 1),
+            },
+        )
+
+
+def counter_for(charge: Charge) -> Counter:
+    e = charge.entry
+    window = e.window.seconds
+    return Counter(
+        id=charge.counter_id,
+        window_seconds=window,
+        bucket_seconds=bucket_seconds_for(window),
+        limit=e.limit_units,
+        blocking=e.action is Action.BLOCK,
+    )
+
+
+def _limit_text(charge: Charge) -> str:
+    e = charge.entry
+    return format_usd(e.amount) if e.unit is Unit.USD else str(int(e.amount))
+
+
+def _budget_exceeded_reply(charge: Charge, state: CounterState) -> ProcessingResponse:
+    e = charge.entry
+    reset = str(max(1, state.reset_seconds))
+    limit = _limit_text(charge)
+    unit = "USD" if e.unit is Unit.USD else "tokens"
+    message = (
+        f"Budget {e.budget_id} exceeded: limit {limit} {unit} per {e.window.value.lower()}"
+        f" (rolling). Retry in {reset} seconds."
+    )
+    body = json.dumps(
+        {"error": {"message": message, "type": "budget_exceeded", "param": None, "code": "budget_exceeded"}}
+    ).encode()
+    headers = {
+        "content-type": "application/json",
+        "x-ratelimit-limit": limit,
+        "x-ratelimit-remaining": "0",
+        "x-ratelimit-reset": reset,
+        "retry-after": reset,
+        "x-budget-id": e.budget_id,
+    }
+    return wire.immediate(429, headers, body, f"budget_exceeded:{e.budget_id}")
+
+
+def _store_unavailable_reply() -> ProcessingResponse:
+    body = json.dumps(
+        {
+            "error": {
+                "message": "Budget enforcement is unavailable (spend store unreachable); failure mode Closed.",
+                "type": "budget_store_unavailable",
+                "param": None,
+                "code": "budget_store_unavailable",
+            }
+        }
+    ).encode()
+    return wire.immediate(
+        503, {"content-type": "application/json", "retry-after": "1"}, body, "budget_store_unavailable"
+    )
+

@@ -1,0 +1,96 @@
+"""The one interface for spend storage.
+
+A backend knows counters, buckets and holds; it never learns what Envoy, a budget
+or a model is. Amounts are integers in the counter's own unit (nano-USD or tokens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class StoreUnavailable(Exception):
+    """The backend could not answer within its deadline."""
+
+
+class StoreOutcomeUnknown(StoreUnavailable):
+    """The request reached the backend but no answer came back: it may have been applied.
+
+    Raised instead of plain StoreUnavailable when a write was sent and then the deadline
+    expired or the connection broke. Replaying such a write could double-count it.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Counter:
+    """One (budget entry, subject values) pair: a trailing window of spend."""
+
+    # Stable identity: "namespace/resource/entry|key=value,..." (subject keys sorted).
+    id: str
+    window_seconds: int
+    bucket_seconds: int
+    limit: int
+    # Only blocking counters can reject a request; the others are charged and reported.
+    blocking: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CounterState:
+    """A counter as admission saw it, before this request's own hold."""
+
+    spend: int
+    held: int
+    # spend + held >= limit
+    over_limit: bool
+    # Whole seconds until enough spend ages out to be back under the limit (0 if under).
+    reset_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitResult:
+    admitted: bool
+    # One state per counter, in the order given.
+    states: tuple[CounterState, ...]
+
+
+class SpendStore(Protocol):
+    async def admit(
+        self,
+        counters: Sequence[Counter],
+        holds: Sequence[int],
+        hold_id: str,
+        lease_seconds: int,
+        now: float,
+    ) -> AdmitResult:
+        """Reject if any blocking counter has spend + held >= limit; else place the holds.
+
+        One round trip for all counters. A rejected request places no hold.
+        """
+        ...
+
+    async def record(
+        self, counters: Sequence[Counter], amounts: Sequence[int], hold_id: str, now: float
+    ) -> None:
+        """Add spend to the current bucket of each counter and release this request's holds.
+
+        One round trip. Never retried blindly: an increment applied twice double-counts.
+        """
+        ...
+
+    async def release(self, counters: Sequence[Counter], hold_id: str) -> None:
+        """Drop this request's holds without spending (the request ended without usage)."""
+        ...
+
+    async def read(self, counters: Sequence[Counter], now: float) -> tuple[CounterState, ...]:
+        """Current state of each counter, for `extproc spend` and the admin API."""
+        ...
+
+    async def counters_seen(self, prefix: str) -> list[str]:
+        """Ids of counters with any spend whose id starts with `prefix` (for `"*"` subjects)."""
+        ...
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...

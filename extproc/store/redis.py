@@ -1,0 +1,297 @@
+"""Spend shared by every replica in Redis: one Lua script call per operation.
+
+Key layout, per counter (the id percent-quoted so that `{`, `}`, `%` or whitespace in a
+subject value cannot break the hash tag)::
+
+    {prefix}{<quoted id>}:b   hash  bucket index -> amount; t (spend total), o (lowest
+                                    bucket index), h (held total), g ("window/bucket")
+    {prefix}{<quoted id>}:h   zset  "hold_id:amount" -> lease expiry (ms)
+
+Both keys share the hash tag `{<quoted id>}`, so in Redis Cluster a counter lives in one
+slot. The scripts (`admit.lua`, `record.lua`, `release.lua`, each after the shared
+`_window.lua`) keep the arithmetic of `windows.py`; see there for the model.
+
+Failure handling is built for Envoy's 200 ms message timeout: one deadline
+(`timeout_seconds`) covers connecting and the script, redis-py's retries are off (its
+defaults are seconds long, and a retried increment double-counts), and every failure
+is a `StoreUnavailable`. A failure after the script was sent is the subclass
+`StoreOutcomeUnknown`: it may have been applied, so it must not be replayed blindly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from collections.abc import Awaitable, Sequence
+from importlib import resources
+from typing import Any, TypeVar
+from urllib.parse import quote, unquote
+
+import redis.asyncio
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError
+
+from extproc.store import windows
+from extproc.store.base import AdmitResult, Counter, CounterState, StoreOutcomeUnknown, StoreUnavailable
+
+T = TypeVar("T")
+
+# Characters left as they are in a quoted counter id: the ones ids are made of
+# ("ns/resource/entry|key=value,...") and nothing that means something to Redis or to
+# SCAN's glob ('*' is escaped separately when matching).
+_ID_SAFE = "/|=,*:-_.@"
+
+# A connection idle this long is PINGed before use, so a Redis that restarted is noticed
+# before a script is sent on a dead socket (a failure there would be "outcome unknown").
+_HEALTH_CHECK_SECONDS = 5
+
+# Errors that mean "Redis did not answer": connection, protocol, timeouts.
+_FAILURES = (RedisError, OSError, TimeoutError)
+
+
+def _script_text(name: str) -> str:
+    package = resources.files("extproc.store")
+    return package.joinpath("_window.lua").read_text() + "\n" + package.joinpath(name).read_text()
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
+
+
+class _PlacedHolds:
+    """What this replica held, per hold_id and counter id, until recorded or expired.
+
+    A hold's zset member is "hold_id:amount" (the amount in the member lets an expired
+    hold be subtracted without another key); releasing it needs that exact member, and
+    `record`/`release` are not told the amount, so the replica that placed it remembers.
+    If that memory is lost (a restart), the lease still frees the hold.
+    """
+
+    def __init__(self) -> None:
+        self._holds: dict[str, tuple[int, dict[str, int]]] = {}
+        self._expiries: list[tuple[int, str]] = []
+
+    def remember(self, hold_id: str, amounts: dict[str, int], expiry_ms: int) -> None:
+        self._holds[hold_id] = (expiry_ms, amounts)
+        heapq.heappush(self._expiries, (expiry_ms, hold_id))
+
+    def amounts(self, hold_id: str) -> dict[str, int]:
+        entry = self._holds.get(hold_id)
+        return entry[1] if entry is not None else {}
+
+    def forget(self, hold_id: str) -> None:
+        self._holds.pop(hold_id, None)
+
+    def expire(self, now_ms: int) -> None:
+        # Past its lease the hold is purged by the scripts anyway; forget it so requests
+        # that never recorded do not pin memory.
+        while self._expiries and self._expiries[0][0] <= now_ms:
+            expiry_ms, hold_id = heapq.heappop(self._expiries)
+            entry = self._holds.get(hold_id)
+            if entry is not None and entry[0] == expiry_ms:
+                del self._holds[hold_id]
+
+    def __len__(self) -> int:
+        return len(self._holds)
+
+
+class RedisStore:
+    """The shared store: standalone Redis (one script call per operation)."""
+
+    def __init__(self, url: str, *, key_prefix: str = "extproc:", timeout_seconds: float = 0.05) -> None:
+        if "{" in key_prefix or "}" in key_prefix:
+            raise ValueError("key_prefix must not contain '{' or '}': it would move the hash tag")
+        self._prefix = key_prefix
+        self._timeout = timeout_seconds
+        self._client: redis.asyncio.Redis = redis.asyncio.from_url(
+            url,
+            socket_timeout=timeout_seconds,
+            socket_connect_timeout=timeout_seconds,
+            # No retries: an automatic retry of a sent increment can double-count, and
+            # the caller's deadline has no room for one anyway.
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=_HEALTH_CHECK_SECONDS,
+        )
+        self._admit = self._client.register_script(_script_text("admit.lua"))
+        self._record = self._client.register_script(_script_text("record.lua"))
+        self._release = self._client.register_script(_script_text("release.lua"))
+        self._placed = _PlacedHolds()
+
+    # -- keys ---------------------------------------------------------------------------
+
+    def keys_for(self, counter_id: str) -> tuple[str, str]:
+        """(bucket hash, hold zset) of a counter."""
+        tag = f"{self._prefix}{{{quote(counter_id, safe=_ID_SAFE)}}}"
+        return f"{tag}:b", f"{tag}:h"
+
+    def _keys(self, counters: Sequence[Counter]) -> list[str]:
+        keys: list[str] = []
+        for counter in counters:
+            keys.extend(self.keys_for(counter.id))
+        return keys
+
+    # -- the SpendStore protocol ------------------------------------------------------
+
+    async def admit(
+        self,
+        counters: Sequence[Counter],
+        holds: Sequence[int],
+        hold_id: str,
+        lease_seconds: int,
+        now: float,
+    ) -> AdmitResult:
+        if len(holds) != len(counters):
+            raise ValueError("one hold amount per counter")
+        now_ms = windows.to_millis(now)
+        lease_ms = lease_seconds * 1000
+        self._placed.expire(now_ms)
+        # Standalone Redis: every counter in one script, so the check and the holds are
+        # atomic. For Redis Cluster the counters would be grouped by hash slot (each
+        # counter's keys share one), one script per slot; admission across slots is then
+        # check-everywhere-then-hold, releasing the holds placed if a later slot rejects.
+        args: list[str | int] = [now_ms, hold_id, lease_ms]
+        for counter, hold in zip(counters, holds, strict=True):
+            args += [
+                counter.window_seconds,
+                counter.bucket_seconds,
+                counter.limit,
+                1 if counter.blocking else 0,
+                max(hold, 0),
+            ]
+        reply = await self._run(self._admit, self._keys(counters), args)
+        admitted = int(reply[0]) == 1
+        states = tuple(_state(row) for row in reply[1:])
+        if admitted:
+            placed = {c.id: h for c, h in zip(counters, holds, strict=True) if h > 0}
+            if placed:
+                self._placed.remember(hold_id, placed, now_ms + lease_ms)
+        return AdmitResult(admitted=admitted, states=states)
+
+    async def record(
+        self, counters: Sequence[Counter], amounts: Sequence[int], hold_id: str, now: float
+    ) -> None:
+        if len(amounts) != len(counters):
+            raise ValueError("one amount per counter")
+        held = self._placed.amounts(hold_id)
+        if not held and all(amount <= 0 for amount in amounts):
+            return  # nothing to add, nothing to release: no round trip
+        args: list[str | int] = [windows.to_millis(now), hold_id]
+        for counter, amount in zip(counters, amounts, strict=True):
+            args += [counter.window_seconds, counter.bucket_seconds, max(amount, 0), held.get(counter.id, 0)]
+        await self._run(self._record, self._keys(counters), args)
+        # Forgotten only once Redis confirmed: a failed record leaves the hold to its lease.
+        self._placed.forget(hold_id)
+
+    async def release(self, counters: Sequence[Counter], hold_id: str) -> None:
+        held = self._placed.amounts(hold_id)
+        if not held:
+            return
+        args: list[str | int] = [hold_id, *(held.get(counter.id, 0) for counter in counters)]
+        await self._run(self._release, self._keys(counters), args)
+        self._placed.forget(hold_id)
+
+    async def read(self, counters: Sequence[Counter], now: float) -> tuple[CounterState, ...]:
+        # The admit script with nothing blocking and nothing held is a pure read (plus the
+        # ageing any call does), so there is one copy of the state arithmetic.
+        args: list[str | int] = [windows.to_millis(now), "", 0]
+        for counter in counters:
+            args += [counter.window_seconds, counter.bucket_seconds, counter.limit, 0, 0]
+        reply = await self._run(self._admit, self._keys(counters), args)
+        return tuple(_state(row) for row in reply[1:])
+
+    async def counters_seen(self, prefix: str) -> list[str]:
+        # A counter's hash exists exactly while it has spend or holds (the scripts delete
+        # emptied fields, Redis drops an empty hash, and TTLs catch the idle ones).
+        pattern = f"{_glob_escape(self._prefix)}{{{_glob_escape(quote(prefix, safe=_ID_SAFE))}*"
+        start = len(self._prefix) + 1
+        seen: set[str] = set()
+        cursor = 0
+        while True:
+            cursor, keys = await self._call(self._client.scan(cursor, match=pattern, count=1000))
+            for raw in keys:
+                key = raw.decode() if isinstance(raw, bytes) else str(raw)
+                if key.endswith("}:b"):
+                    seen.add(unquote(key[start:-3]))
+            if cursor == 0:
+                return sorted(seen)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._call(self._client.ping()))
+        except StoreUnavailable:
+            return False
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    # -- execution ----------------------------------------------------------------------
+
+    async def _call(self, awaitable: Awaitable[T]) -> T:
+        """An idempotent command (PING, SCAN) under the deadline."""
+        try:
+            return await asyncio.wait_for(awaitable, self._timeout)
+        except _FAILURES as exc:
+            raise StoreUnavailable(f"redis: {exc!r}") from exc
+
+    async def _run(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> Any:
+        """Run a script under one deadline, telling "not sent" from "maybe applied".
+
+        Phase 1 takes a pooled connection and makes sure it is connected and healthy;
+        a failure there (refused, unreachable, connect timeout) provably applied
+        nothing: StoreUnavailable. Phase 2 sends the script; a failure after that may
+        have been applied: StoreOutcomeUnknown. redis-py's `Script.__call__` cannot
+        tell these apart, hence the explicit connection.
+        """
+        pool = self._client.connection_pool
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        conn: AbstractConnection | None = None
+        succeeded = False
+        try:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    conn = await pool.get_connection()
+                    # A pooled socket the server closed (restart, idle timeout) reads as
+                    # ready: reconnect now, while a failure still means nothing was sent.
+                    # (redis-py skips this check when maintenance notifications are "auto".)
+                    if await conn.can_read():
+                        await conn.disconnect()
+                        await conn.connect()
+                    await conn.check_health()
+            except _FAILURES as exc:
+                raise StoreUnavailable(f"redis: {exc!r}") from exc
+            try:
+                async with asyncio.timeout_at(deadline):
+                    reply = await _evalsha(conn, script, keys, args)
+            except _FAILURES as exc:
+                raise StoreOutcomeUnknown(f"redis: {exc!r}") from exc
+            succeeded = True
+            return reply
+        finally:
+            if conn is not None:
+                if not succeeded:
+                    # A half-read reply would poison the next command on this socket.
+                    await conn.disconnect(nowait=True)
+                await pool.release(conn)
+
+
+async def _evalsha(
+    conn: AbstractConnection, script: AsyncScript, keys: list[str], args: list[str | int]
+) -> Any:
+    await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args, check_health=False)
+    try:
+        return await conn.read_response()
+    except NoScriptError:
+        # Not run: the server lost its script cache (restart, SCRIPT FLUSH, failover).
+        # Load it on this connection and run it once.
+        await conn.send_command("SCRIPT", "LOAD", script.script, check_health=False)
+        await conn.read_response()
+        await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args, check_health=False)
+        return await conn.read_response()
+
+
+def _state(row: Sequence[Any]) -> CounterState:
+    spend, held, over, reset = row
+    return CounterState(spend=int(spend), held=int(held), over_limit=int(over) == 1, reset_seconds=int(reset))

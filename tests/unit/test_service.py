@@ -1,0 +1,206 @@
+"""The ext_proc conversation, message by message, with real wire types and the memory store."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Iterable
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+from extproc.budgets import Charge
+from extproc.catalog import CatalogDocument, UserRates
+from extproc.config.model import (
+    Action,
+    BudgetEntry,
+    BudgetResource,
+    Config,
+    EnforcementPolicy,
+    TargetRef,
+    Unit,
+    Window,
+)
+from extproc.server.grpc import ExternalProcessor
+from extproc.service import BudgetService, Exchange, Snapshot, counter_for
+from extproc.store import MemoryStore
+from extproc.telemetry import Metrics
+
+CATALOG = CatalogDocument(
+    source="test",
+    providers={"openai": {"gpt-4o": UserRates(input=Decimal("2.50"), output=Decimal("10.00"))}},
+)
+
+
+def demo_config(action: Action = Action.BLOCK) -> Config:
+    entries = (
+        BudgetEntry("ns", "demo", "usd-audit", Unit.USD, Decimal(5), Window.DAY, Action.AUDIT),
+        BudgetEntry("ns", "demo", "token-block", Unit.TOKENS, Decimal(2000), Window.DAY, action),
+    )
+    policy = EnforcementPolicy("ns", "p", (TargetRef("HTTPRoute", "budget-demo", "ns"),))
+    return Config(budgets=(BudgetResource("ns", "demo", entries),), policies=(policy,), catalogs=(CATALOG,))
+
+
+def headers_msg(kind: str, headers: dict[str, str], route: str | None = None, eos: bool = False) -> pb.ProcessingRequest:
+    hm = base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers.items()])
+    msg = pb.ProcessingRequest(**{kind: pb.HttpHeaders(headers=hm, end_of_stream=eos)})
+    if route is not None:
+        msg.attributes["envoy.filters.http.ext_proc"].update({"xds.route_name": route})
+    return msg
+
+
+def body_msg(kind: str, body: bytes, eos: bool = True) -> pb.ProcessingRequest:
+    return pb.ProcessingRequest(**{kind: pb.HttpBody(body=body, end_of_stream=eos)})
+
+
+def request_body(**extra: Any) -> bytes:
+    return json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], **extra}).encode()
+
+
+def response_body(prompt: int, completion: int) -> bytes:
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return json.dumps({"model": "gpt-4o-2024-08-06", "choices": [], "usage": usage}).encode()
+
+
+@pytest.fixture()
+def service() -> BudgetService:
+    return BudgetService(Snapshot(demo_config()), MemoryStore(), Metrics())
+
+
+async def exchange(
+    service: BudgetService, prompt: int, completion: int, route: str = "budget-demo"
+) -> list[pb.ProcessingResponse]:
+    ex = Exchange()
+    replies = [
+        await service.handle(ex, headers_msg("request_headers", {":path": "/v1/chat/completions"}, route)),
+        await service.handle(ex, body_msg("request_body", request_body(max_tokens=100))),
+    ]
+    if replies[-1].HasField("immediate_response"):
+        return replies
+    replies.append(await service.handle(ex, headers_msg("response_headers", {":status": "200",
+                                                                               "content-type": "application/json"})))
+    replies.append(await service.handle(ex, body_msg("response_body", response_body(prompt, completion))))
+    await service.close(ex)
+    return replies
+
+
+async def test_each_message_gets_exactly_one_reply_of_the_matching_type(service: BudgetService) -> None:
+    replies = await exchange(service, 10, 10)
+    assert [r.WhichOneof("response") for r in replies] == [
+        "request_headers", "request_body", "response_headers", "response_body",
+    ]  # fmt: skip
+
+
+async def test_spend_is_recorded_and_the_next_request_over_the_limit_gets_a_429(service: BudgetService) -> None:
+    for usage in ((17, 39), (21, 683), (22, 689), (20, 649)):
+        replies = await exchange(service, *usage)
+        assert not replies[-1].HasField("immediate_response")
+
+    blocked = (await exchange(service, 1, 1))[-1]
+
+    assert blocked.HasField("immediate_response")
+    imm = blocked.immediate_response
+    assert imm.status.code == 429
+    headers = {h.header.key: h.header.raw_value.decode() for h in imm.headers.set_headers}
+    assert headers["x-ratelimit-limit"] == "2000"
+    assert headers["x-ratelimit-remaining"] == "0"
+    assert 86_400 <= int(headers["x-ratelimit-reset"]) <= 86_400 + 900
+    assert headers["retry-after"] == headers["x-ratelimit-reset"]
+    assert json.loads(imm.body)["error"]["code"] == "budget_exceeded"
+    assert all(not h.header.value for h in imm.headers.set_headers), "values belong in raw_value"
+
+
+async def test_cost_and_tokens_are_returned_as_dynamic_metadata(service: BudgetService) -> None:
+    reply = (await exchange(service, 21, 683))[-1]
+    meta = reply.dynamic_metadata.fields["extproc.budgets"].struct_value.fields
+    assert meta["cost_usd"].string_value == "0.0068825"
+    assert meta["input_tokens"].number_value == 21
+    assert meta["output_tokens"].number_value == 683
+
+
+async def test_untargeted_route_is_told_to_skip_bodies(service: BudgetService) -> None:
+    ex = Exchange()
+    reply = await service.handle(ex, headers_msg("request_headers", {":path": "/v1/chat/completions"}, "openai"))
+    assert reply.HasField("request_headers")
+    assert reply.mode_override.request_body_mode == 0  # NONE
+    assert ex.route_budgets is None
+
+
+async def test_a_stream_starting_at_the_response_phase_passes_through(service: BudgetService) -> None:
+    ex = Exchange()
+    r1 = await service.handle(ex, headers_msg("response_headers", {":status": "401"}))
+    r2 = await service.handle(ex, body_msg("response_body", b"Jwt is missing"))
+    assert r1.HasField("response_headers") and not r1.response_headers.HasField("response")
+    assert r2.HasField("response_body") and not r2.response_body.response.HasField("body_mutation")
+
+
+async def test_streamed_request_gets_include_usage_and_the_usage_chunk_is_hidden(service: BudgetService) -> None:
+    ex = Exchange()
+    await service.handle(ex, headers_msg("request_headers", {":path": "/v1/chat/completions"}, "budget-demo"))
+    reply = await service.handle(ex, body_msg("request_body", request_body(stream=True)))
+    new_body = reply.request_body.response.body_mutation.body
+    assert json.loads(new_body)["stream_options"] == {"include_usage": True}
+    cl = {h.header.key: h.header.raw_value for h in reply.request_body.response.header_mutation.set_headers}
+    assert cl["content-length"] == str(len(new_body)).encode()
+
+    sse = await service.handle(
+        ex, headers_msg("response_headers", {":status": "200", "content-type": "text/event-stream"})
+    )
+    assert sse.mode_override.response_body_mode == 1  # STREAMED
+    content = b'data: {"model":"gpt-4o","choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+    usage = (
+        b'data: {"model":"gpt-4o","choices":[],"usage":{"prompt_tokens":1500,"completion_tokens":600,'
+        b'"total_tokens":2100}}\n\n'
+    )
+    stream = content + usage + b"data: [DONE]\n\n"
+    seen = b""
+    for i in range(0, len(stream), 13):
+        part = stream[i : i + 13]
+        r = await service.handle(ex, body_msg("response_body", part, eos=i + 13 >= len(stream)))
+        common = r.response_body.response
+        seen += common.body_mutation.body if common.HasField("body_mutation") else part
+    assert seen == content + b"data: [DONE]\n\n"
+    # 2,100 tokens were counted: the budget is spent.
+    assert (await exchange(service, 1, 1))[-1].HasField("immediate_response")
+
+
+class _Context:
+    pass
+
+
+async def _aiter(items: Iterable[pb.ProcessingRequest]) -> AsyncIterator[pb.ProcessingRequest]:
+    for item in items:
+        yield item
+
+
+async def test_an_exception_in_our_code_is_answered_with_a_no_op_and_the_stream_goes_on(
+    service: BudgetService,
+) -> None:
+    async def broken(ex: Exchange, msg: pb.ProcessingRequest) -> pb.ProcessingResponse:
+        raise RuntimeError("boom")
+
+    service.handle = broken  # type: ignore[method-assign]
+    msgs = [
+        headers_msg("request_headers", {":path": "/"}, "budget-demo"),
+        body_msg("request_body", b"{}"),
+        headers_msg("response_headers", {":status": "200"}),
+    ]
+    replies = [r async for r in ExternalProcessor(service).Process(_aiter(msgs), _Context())]  # type: ignore[arg-type]
+    assert [r.WhichOneof("response") for r in replies] == ["request_headers", "request_body", "response_headers"]
+    assert service.metrics.errors.labels("request_body")._value.get() == 1
+
+
+async def test_a_stream_that_ends_before_the_response_releases_its_hold(service: BudgetService) -> None:
+    msgs = [
+        headers_msg("request_headers", {":path": "/v1/chat/completions"}, "budget-demo"),
+        body_msg("request_body", request_body(max_tokens=1900)),
+    ]
+    replies = [r async for r in ExternalProcessor(service).Process(_aiter(msgs), _Context())]  # type: ignore[arg-type]
+    assert len(replies) == 2
+    entry = service.snapshot.config.budgets[0].entries[1]
+    state = (await service.store.read([counter_for(Charge(entry, ()))], time.time()))[0]
+    assert state.held == 0
+    assert state.spend == 0
