@@ -9,14 +9,17 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from tests.support.e2e import ESSAY, FIRST, call
+from tests.support.e2e import FIRST, call
 from tests.support.http import HttpClient
 from tests.support.procs import ROOT, Envoy, Proc, Sidecar, free_port, wait_for
 
 
 async def traffic(port: int) -> None:
     client = HttpClient("127.0.0.1", port)
-    print(f"POST http://127.0.0.1:{port}/budget-demo/v1/chat/completions  (HTTPRoute budget-demo, 2,000 tokens/day)")
+    print(
+        f"POST http://127.0.0.1:{port}/budget-demo/v1/chat/completions"
+        "  (HTTPRoute budget-demo, 2,000 tokens/day)"
+    )
     try:
         r = await call(client, (17, 39), FIRST)
         print(f"first request: HTTP {r.status}  usage={r.json()['usage']}")

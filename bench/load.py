@@ -105,7 +105,9 @@ def main() -> int:
         upstream = Proc("upstream", [sys.executable, "-m", "tests.support.http", str(up_port)])
         procs.append(upstream)
         wait_for(lambda: "upstream on" in upstream.output(), "mock upstream", proc=upstream)
-        sidecar = Sidecar([str(cfg)], redis_url=redis.url if redis else None, extra=["--log-level", "warning"])
+        sidecar = Sidecar(
+            [str(cfg)], redis_url=redis.url if redis else None, extra=["--log-level", "warning"]
+        )
         procs.append(sidecar)
         with_filter = Envoy(up_port, [sidecar.grpc_port])
         procs.append(with_filter)

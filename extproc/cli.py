@@ -12,7 +12,6 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from decimal import Decimal
 
 from extproc.config import ConfigError, load_config
 
@@ -132,7 +131,9 @@ def _price(args: argparse.Namespace) -> int:
     price = catalog.price(usage, args.model, args.provider)
     print(format_usd(price.usd))
     if price.status.value in ("unpriced", "missing"):
-        print(f"warning: {args.model}: not in any catalog ({price.status.value}); priced at $0", file=sys.stderr)
+        print(
+            f"warning: {args.model}: not in any catalog ({price.status.value}); priced at $0", file=sys.stderr
+        )
     return 0
 
 
@@ -147,10 +148,6 @@ def _spend(args: argparse.Namespace) -> int:
     for row in table:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return 0
-
-
-def _fmt(amount: Decimal) -> str:
-    return format(amount.normalize(), "f")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -57,8 +57,10 @@ def metadata_value(struct: Struct | None, path: tuple[str, ...]) -> str | None:
         return None
     current: Value | Struct = struct
     for part in path:
-        fields = current.fields if isinstance(current, Struct) else (
-            current.struct_value.fields if current.HasField("struct_value") else None
+        fields = (
+            current.fields
+            if isinstance(current, Struct)
+            else (current.struct_value.fields if current.HasField("struct_value") else None)
         )
         if fields is None or part not in fields:
             return None

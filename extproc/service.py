@@ -164,7 +164,9 @@ class BudgetService:
                 log.error("spend store unavailable; rejecting", route=ex.route, error=str(exc))
                 self.metrics.requests.labels(ex.route, "store_unavailable").inc()
                 return _store_unavailable_reply()
-            log.warning("spend store unavailable; admitting (failure mode Open)", route=ex.route, error=str(exc))
+            log.warning(
+                "spend store unavailable; admitting (failure mode Open)", route=ex.route, error=str(exc)
+            )
             return reply
         finally:
             self.metrics.admission_seconds.observe(time.perf_counter() - t0)
@@ -188,7 +190,9 @@ class BudgetService:
         req = ex.request
         estimate = Usage(
             input_tokens=req.estimated_input_tokens,
-            output_tokens=req.max_tokens if req.max_tokens is not None else self.settings.default_output_hold_tokens,
+            output_tokens=req.max_tokens
+            if req.max_tokens is not None
+            else self.settings.default_output_hold_tokens,
         )
         nanos: int | None = None
         holds = []
@@ -311,9 +315,7 @@ class BudgetService:
     async def _record(self, ex: Exchange, usage: Usage, price: Price) -> None:
         if not ex.counters:
             return
-        amounts = [
-            usage.total_tokens if c.entry.unit is Unit.TOKENS else price.nanos for c in ex.charges
-        ]
+        amounts = [usage.total_tokens if c.entry.unit is Unit.TOKENS else price.nanos for c in ex.charges]
         try:
             await self.store.record(ex.counters, amounts, ex.hold_id, time.time())
         except StoreUnavailable as exc:
@@ -396,7 +398,8 @@ def _store_unavailable_reply() -> ProcessingResponse:
     body = json.dumps(
         {
             "error": {
-                "message": "Budget enforcement is unavailable (spend store unreachable); failure mode Closed.",
+                "message": "Budget enforcement is unavailable (spend store unreachable);"
+                " failure mode Closed.",
                 "type": "budget_store_unavailable",
                 "param": None,
                 "code": "budget_store_unavailable",
@@ -406,4 +409,3 @@ def _store_unavailable_reply() -> ProcessingResponse:
     return wire.immediate(
         503, {"content-type": "application/json", "retry-after": "1"}, body, "budget_store_unavailable"
     )
-

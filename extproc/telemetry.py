@@ -52,13 +52,19 @@ class Metrics:
             registry=r,
         )
         self.unpriced = Counter(
-            "extproc_unpriced_model", "Responses whose model has no price (counted as $0)", ["model"], registry=r
+            "extproc_unpriced_model",
+            "Responses whose model has no price (counted as $0)",
+            ["model"],
+            registry=r,
         )
         self.parse_problems = Counter(
             "extproc_parse_problems", "Bodies we could not read usage from", ["phase", "problem"], registry=r
         )
         self.errors = Counter(
-            "extproc_internal_errors", "Exceptions caught in our code; the stream went on", ["phase"], registry=r
+            "extproc_internal_errors",
+            "Exceptions caught in our code; the stream went on",
+            ["phase"],
+            registry=r,
         )
         self.store_errors = Counter(
             "extproc_store_errors", "Spend store calls that failed or timed out", ["operation"], registry=r

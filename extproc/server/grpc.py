@@ -26,7 +26,7 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer):
     def __init__(self, service: BudgetService) -> None:
         self.service = service
 
-    async def Process(  # noqa: N802 (the gRPC method name)
+    async def Process(
         self,
         request_iterator: AsyncIterator[wire.ProcessingRequest],
         context: grpc.aio.ServicerContext,
@@ -74,8 +74,6 @@ def build_server(
 
 
 async def mark_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
-    status = (
-        health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-    )
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, status)

@@ -32,7 +32,20 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import (
+    AskError,
+    AuthenticationError,
+    BusyLoadingError,
+    ClusterCrossSlotError,
+    ClusterDownError,
+    MasterDownError,
+    NoPermissionError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 
 from extproc.store import windows
 from extproc.store.base import AdmitResult, Counter, CounterState, StoreOutcomeUnknown, StoreUnavailable
@@ -50,6 +63,28 @@ _HEALTH_CHECK_SECONDS = 5
 
 # Errors that mean "Redis did not answer": connection, protocol, timeouts.
 _FAILURES = (RedisError, OSError, TimeoutError)
+
+# Error replies Redis gives instead of running a script (a replica after a failover, a
+# server still loading, another script running, a cluster redirect): nothing applied.
+# OOM is not among them: a script can fail on memory after its first writes.
+_REFUSALS = (
+    AskError,
+    AuthenticationError,
+    BusyLoadingError,
+    ClusterCrossSlotError,
+    ClusterDownError,
+    MasterDownError,
+    NoPermissionError,
+    ReadOnlyError,
+    TryAgainError,
+)
+
+
+def _refused(exc: BaseException) -> bool:
+    if isinstance(exc, _REFUSALS):
+        return True
+    # "BUSY Redis is busy running a script": redis-py has no class for it.
+    return isinstance(exc, ResponseError) and str(exc).startswith("BUSY ")
 
 
 def _script_text(name: str) -> str:
@@ -242,8 +277,10 @@ class RedisStore:
         Phase 1 takes a pooled connection and makes sure it is connected and healthy;
         a failure there (refused, unreachable, connect timeout) provably applied
         nothing: StoreUnavailable. Phase 2 sends the script; a failure after that may
-        have been applied: StoreOutcomeUnknown. redis-py's `Script.__call__` cannot
-        tell these apart, hence the explicit connection.
+        have been applied: StoreOutcomeUnknown, unless Redis answered with a refusal
+        (READONLY, LOADING, BUSY, ...), which it gives instead of running it.
+        redis-py's `Script.__call__` cannot tell these apart, hence the explicit
+        connection.
         """
         pool = self._client.connection_pool
         deadline = asyncio.get_running_loop().time() + self._timeout
@@ -266,6 +303,8 @@ class RedisStore:
                 async with asyncio.timeout_at(deadline):
                     reply = await _evalsha(conn, script, keys, args)
             except _FAILURES as exc:
+                if _refused(exc):
+                    raise StoreUnavailable(f"redis refused: {exc!r}") from exc
                 raise StoreOutcomeUnknown(f"redis: {exc!r}") from exc
             succeeded = True
             return reply

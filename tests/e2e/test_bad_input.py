@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.http import HttpClient, MockOpenAI
 from tests.support.e2e import call, log_lines
+from tests.support.http import HttpClient, MockOpenAI
 from tests.support.procs import Envoy, Sidecar
 
 pytestmark = pytest.mark.e2e
@@ -19,7 +19,7 @@ DEMO = "/budget-demo/v1/chat/completions"
 
 
 def metric(sidecar: Sidecar, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{sidecar.admin_port}/metrics", timeout=2) as r:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{sidecar.admin_port}/metrics", timeout=2) as r:
         text = r.read().decode()
     total = 0.0
     for line in text.splitlines():
@@ -32,7 +32,9 @@ async def test_malformed_request_json_proceeds_to_upstream_and_the_stream_surviv
     client_a: HttpClient, upstream: MockOpenAI, replicas: list[tuple[Sidecar, Envoy]]
 ) -> None:
     seen = upstream.stats.requests
-    r = await client_a.request("POST", DEMO, b'{"model": "gpt-4o", "messages": [', {"content-type": "application/json"})
+    r = await client_a.request(
+        "POST", DEMO, b'{"model": "gpt-4o", "messages": [', {"content-type": "application/json"}
+    )
     assert r.status == 400  # the upstream's answer, not ours
     assert upstream.stats.requests == seen + 1
     assert (await call(client_a, (10, 10))).status == 200  # same connection, next request fine
@@ -88,11 +90,19 @@ async def test_a_client_that_disconnects_mid_stream_has_its_hold_released(
 
     # A streamed call holding ~1,900 tokens; the client leaves after the first bytes.
     reader, writer = await asyncio.open_connection("127.0.0.1", envoy.port)
-    body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "go"}], "max_tokens": 1900,
-                       "stream": True}).encode()
+    body = json.dumps(
+        {
+            "model": "gpt-4o",
+            "messages": [{"role": "user", "content": "go"}],
+            "max_tokens": 1900,
+            "stream": True,
+        }
+    ).encode()
     writer.write(
-        f"POST {DEMO} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-        f"x-mock-delay-ms: 200\r\nx-mock-usage: 10,1900\r\n\r\n".encode() + body
+        f"POST {DEMO} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n"
+        f"x-mock-delay-ms: 200\r\nx-mock-usage: 10,1900\r\n\r\n".encode()
+        + body
     )
     await writer.drain()
     assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
@@ -116,7 +126,9 @@ def faulty_envoy(replicas: list[tuple[Sidecar, Envoy]], upstream: MockOpenAI) ->
               abort: {header_abort: {}, percentage: {numerator: 100}}
 """
     marker = "          - name: envoy.filters.http.ext_proc\n"
-    envoy = Envoy(upstream.port, [replicas[0][0].grpc_port], lambda text: text.replace(marker, fault + marker))
+    envoy = Envoy(
+        upstream.port, [replicas[0][0].grpc_port], lambda text: text.replace(marker, fault + marker)
+    )
     yield envoy
     envoy.stop()
 
@@ -126,7 +138,9 @@ async def test_a_stream_that_starts_at_the_response_phase_is_passed_through(
 ) -> None:
     client = HttpClient("127.0.0.1", faulty_envoy.port)
     try:
-        r = await client.post_json(DEMO, {"model": "gpt-4o", "messages": []}, {"x-envoy-fault-abort-request": "401"})
+        r = await client.post_json(
+            DEMO, {"model": "gpt-4o", "messages": []}, {"x-envoy-fault-abort-request": "401"}
+        )
         assert r.status == 401
         ok = await call(client, (5, 5))
         assert ok.status == 200

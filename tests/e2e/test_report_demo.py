@@ -12,6 +12,7 @@ from tests.support.procs import Envoy, Sidecar
 
 pytestmark = pytest.mark.e2e
 
+
 async def test_demo_admits_56_704_711_669_tokens_then_blocks_with_429(
     client_a: HttpClient, upstream: MockOpenAI, replicas: list[tuple[Sidecar, Envoy]]
 ) -> None:

@@ -269,12 +269,14 @@ async def test_large_amounts_stay_exact(store: SpendStore) -> None:
     assert (state.spend, state.held) == (15 * 10**12, 2**40 + 1)
 
 
-async def test_the_backends_agree_under_random_traffic(redis_url: str) -> None:
+@pytest.mark.parametrize("seed", [20240601, 7, 99])
+async def test_the_backends_agree_under_random_traffic(redis_url: str, seed: int) -> None:
     """Differential: the same random operations on both backends, state for state."""
     memory = MemoryStore()
     shared = RedisStore(redis_url, timeout_seconds=TEST_TIMEOUT)
+    seen = {"admitted": 0, "rejected": 0, "held": 0, "reset": 0}
     try:
-        rng = random.Random(20240601)
+        rng = random.Random(seed)
         counters = [
             day("d1", limit=50),
             day("d2", limit=20, blocking=False),
@@ -294,6 +296,9 @@ async def test_the_backends_agree_under_random_traffic(redis_url: str) -> None:
                 a = await memory.admit(picked, holds, f"h{step}", lease, now)
                 b = await shared.admit(picked, holds, f"h{step}", lease, now)
                 assert a == b, (step, "admit")
+                seen["admitted" if a.admitted else "rejected"] += 1
+                seen["held"] += any(state.held for state in a.states)
+                seen["reset"] += any(state.reset_seconds for state in a.states)
                 if a.admitted:
                     open_holds.append((f"h{step}", picked))
             elif op < 0.8 and open_holds:
@@ -311,6 +316,7 @@ async def test_the_backends_agree_under_random_traffic(redis_url: str) -> None:
                 await shared.record(picked, amounts, f"x{step}", now)
             assert await memory.read(counters, now) == await shared.read(counters, now), (step, "read")
         assert await memory.counters_seen("") == await shared.counters_seen("")
+        assert all(seen.values()), seen  # the traffic reached every case it is meant to compare
     finally:
         await shared.close()
 
@@ -438,6 +444,23 @@ async def test_a_reply_that_never_comes_is_outcome_unknown(redis_store: RedisSto
         assert (await store.read([c], T0))[0].spend == 11
     finally:
         await store.close()
+
+
+async def test_a_read_only_replica_refuses_and_that_is_not_uncertain(redis_url: str) -> None:
+    replica = start_redis()
+    store = RedisStore(replica.url, timeout_seconds=TEST_TIMEOUT)
+    try:
+        primary_port = redis_url.rsplit(":", 1)[1].split("/")[0]
+        admin = redis.Redis.from_url(replica.url)
+        admin.execute_command("REPLICAOF", "127.0.0.1", primary_port)  # as after a failover
+        admin.close()
+        with pytest.raises(StoreUnavailable) as caught:
+            await store.record([day()], [5], "r", T0)
+        assert not isinstance(caught.value, StoreOutcomeUnknown)
+        assert "refused" in str(caught.value)
+    finally:
+        await store.close()
+        replica.stop()
 
 
 def redis_url_of(raw: redis.Redis) -> str:

@@ -34,5 +34,3 @@ async def log_lines(sidecar: Sidecar, event: str, n: int = 1) -> list[dict[str, 
             return lines
         await asyncio.sleep(0.05)
     raise AssertionError(f"no {event!r} log line; output:\n{sidecar.output()[-3000:]}")
-
-

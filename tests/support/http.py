@@ -155,9 +155,7 @@ async def _stream(
     completion: int,
     delay: float = 0.0,
 ) -> None:
-    writer.write(
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-    )
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
     words = ["A ", "token ", "budget ", "caps ", "spend."]
     events = []
     for i, w in enumerate(words):
@@ -177,7 +175,11 @@ async def _stream(
             "created": created,
             "model": model,
             "choices": [],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            },
         }
         events.append(b"data: " + json.dumps(usage_chunk).encode() + b"\n\n")
     events.append(b"data: [DONE]\n\n")
@@ -237,7 +239,9 @@ class HttpClient:
             self._writer.close()
         return Response(status, resp_headers, data)
 
-    async def post_json(self, path: str, payload: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    async def post_json(
+        self, path: str, payload: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> Response:
         return await self.request("POST", path, json.dumps(payload).encode(), headers)
 
     async def close(self) -> None:

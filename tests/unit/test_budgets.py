@@ -23,7 +23,9 @@ from extproc.config.model import (
 )
 
 
-def entry(name: str, subject: dict[str, str] | None = None, resource: str = "teams", ns: str = "ai") -> BudgetEntry:
+def entry(
+    name: str, subject: dict[str, str] | None = None, resource: str = "teams", ns: str = "ai"
+) -> BudgetEntry:
     return BudgetEntry(
         namespace=ns,
         resource=resource,
@@ -79,7 +81,11 @@ def test_entries_on_different_keys_stack() -> None:
     res = BudgetResource(
         "ai",
         "mixed",
-        (entry("team", {"group": "engineering"}, "mixed"), entry("user", {"user": "*"}, "mixed"), entry("all", None, "mixed")),
+        (
+            entry("team", {"group": "engineering"}, "mixed"),
+            entry("user", {"user": "*"}, "mixed"),
+            entry("all", None, "mixed"),
+        ),
     )
     assert sorted(names(match([res], {"group": "engineering", "user": "alice"}))) == ["all", "team", "user"]
 

@@ -44,8 +44,12 @@ def demo_config(action: Action = Action.BLOCK) -> Config:
     return Config(budgets=(BudgetResource("ns", "demo", entries),), policies=(policy,), catalogs=(CATALOG,))
 
 
-def headers_msg(kind: str, headers: dict[str, str], route: str | None = None, eos: bool = False) -> pb.ProcessingRequest:
-    hm = base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers.items()])
+def headers_msg(
+    kind: str, headers: dict[str, str], route: str | None = None, eos: bool = False
+) -> pb.ProcessingRequest:
+    hm = base_pb2.HeaderMap(
+        headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers.items()]
+    )
     msg = pb.ProcessingRequest(**{kind: pb.HttpHeaders(headers=hm, end_of_stream=eos)})
     if route is not None:
         msg.attributes["envoy.filters.http.ext_proc"].update({"xds.route_name": route})
@@ -80,8 +84,11 @@ async def exchange(
     ]
     if replies[-1].HasField("immediate_response"):
         return replies
-    replies.append(await service.handle(ex, headers_msg("response_headers", {":status": "200",
-                                                                               "content-type": "application/json"})))
+    replies.append(
+        await service.handle(
+            ex, headers_msg("response_headers", {":status": "200", "content-type": "application/json"})
+        )
+    )
     replies.append(await service.handle(ex, body_msg("response_body", response_body(prompt, completion))))
     await service.close(ex)
     return replies
@@ -94,7 +101,9 @@ async def test_each_message_gets_exactly_one_reply_of_the_matching_type(service:
     ]  # fmt: skip
 
 
-async def test_spend_is_recorded_and_the_next_request_over_the_limit_gets_a_429(service: BudgetService) -> None:
+async def test_spend_is_recorded_and_the_next_request_over_the_limit_gets_a_429(
+    service: BudgetService,
+) -> None:
     for usage in ((17, 39), (21, 683), (22, 689), (20, 649)):
         replies = await exchange(service, *usage)
         assert not replies[-1].HasField("immediate_response")
@@ -123,7 +132,9 @@ async def test_cost_and_tokens_are_returned_as_dynamic_metadata(service: BudgetS
 
 async def test_untargeted_route_is_told_to_skip_bodies(service: BudgetService) -> None:
     ex = Exchange()
-    reply = await service.handle(ex, headers_msg("request_headers", {":path": "/v1/chat/completions"}, "openai"))
+    reply = await service.handle(
+        ex, headers_msg("request_headers", {":path": "/v1/chat/completions"}, "openai")
+    )
     assert reply.HasField("request_headers")
     assert reply.mode_override.request_body_mode == 0  # NONE
     assert ex.route_budgets is None
@@ -137,7 +148,9 @@ async def test_a_stream_starting_at_the_response_phase_passes_through(service: B
     assert r2.HasField("response_body") and not r2.response_body.response.HasField("body_mutation")
 
 
-async def test_streamed_request_gets_include_usage_and_the_usage_chunk_is_hidden(service: BudgetService) -> None:
+async def test_streamed_request_gets_include_usage_and_the_usage_chunk_is_hidden(
+    service: BudgetService,
+) -> None:
     ex = Exchange()
     await service.handle(ex, headers_msg("request_headers", {":path": "/v1/chat/completions"}, "budget-demo"))
     reply = await service.handle(ex, body_msg("request_body", request_body(stream=True)))
@@ -189,7 +202,11 @@ async def test_an_exception_in_our_code_is_answered_with_a_no_op_and_the_stream_
         headers_msg("response_headers", {":status": "200"}),
     ]
     replies = [r async for r in ExternalProcessor(service).Process(_aiter(msgs), _Context())]  # type: ignore[arg-type]
-    assert [r.WhichOneof("response") for r in replies] == ["request_headers", "request_body", "response_headers"]
+    assert [r.WhichOneof("response") for r in replies] == [
+        "request_headers",
+        "request_body",
+        "response_headers",
+    ]
     assert service.metrics.errors.labels("request_body")._value.get() == 1
 
 
