@@ -17,6 +17,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check extproc tests bench
+	$(BIN)/hadolint Dockerfile
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)

@@ -28,7 +28,6 @@ class ServeOptions:
     admin_address: str = "0.0.0.0:9090"
     workers: int = 1
     store_timeout_ms: int = 50
-    failure_mode: str = "Open"
     log_level: str = "info"
     settings: Settings = field(default_factory=Settings)
 
@@ -52,11 +51,9 @@ async def serve(opts: ServeOptions, *, stop: asyncio.Event | None = None) -> Non
         entries=entries,
         policies=len(config.policies),
     )
-    store = open_store(
-        opts.redis_url,
-        fail_open=opts.failure_mode.lower() == "open",
-        timeout_seconds=opts.store_timeout_ms / 1000,
-    )
+    # The store raises when Redis is unreachable; each route's policy (failureMode)
+    # decides what admission does then. Spend recorded meanwhile is kept and replayed.
+    store = open_store(opts.redis_url, fail_open=False, timeout_seconds=opts.store_timeout_ms / 1000)
     metrics = Metrics()
     service = BudgetService(snapshot, store, metrics, opts.settings)
     server, port, health_servicer = build_server(service, opts.grpc_address, reuse_port=opts.workers > 1)

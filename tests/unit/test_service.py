@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -20,13 +21,14 @@ from extproc.config.model import (
     BudgetResource,
     Config,
     EnforcementPolicy,
+    FailureMode,
     TargetRef,
     Unit,
     Window,
 )
 from extproc.server.grpc import ExternalProcessor
 from extproc.service import BudgetService, Exchange, Snapshot, counter_for
-from extproc.store import MemoryStore
+from extproc.store import MemoryStore, StoreUnavailable
 from extproc.telemetry import Metrics
 
 CATALOG = CatalogDocument(
@@ -221,3 +223,22 @@ async def test_a_stream_that_ends_before_the_response_releases_its_hold(service:
     state = (await service.store.read([counter_for(Charge(entry, ()))], time.time()))[0]
     assert state.held == 0
     assert state.spend == 0
+
+
+class _DownStore(MemoryStore):
+    async def admit(self, *args: Any, **kwargs: Any) -> Any:
+        raise StoreUnavailable("connection refused")
+
+
+async def test_redis_down_admits_on_an_open_policy_and_answers_503_on_a_closed_one() -> None:
+    open_service = BudgetService(Snapshot(demo_config()), _DownStore(), Metrics())
+    assert not (await exchange(open_service, 5, 5))[-1].HasField("immediate_response")
+
+    closed = demo_config()
+    policy = dataclasses.replace(closed.policies[0], failure_mode=FailureMode.CLOSED)
+    closed_service = BudgetService(
+        Snapshot(dataclasses.replace(closed, policies=(policy,))), _DownStore(), Metrics()
+    )
+    reply = (await exchange(closed_service, 5, 5))[-1]
+    assert reply.immediate_response.status.code == 503
+    assert json.loads(reply.immediate_response.body)["error"]["code"] == "budget_store_unavailable"
