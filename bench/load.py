@@ -17,7 +17,6 @@ import asyncio
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,36 +24,7 @@ from tests.support.http import HttpClient
 from tests.support.procs import Envoy, Proc, Sidecar, free_port, wait_for
 from tests.support.redis_server import start_redis
 
-BUDGETS = """
-apiVersion: budgets.extproc.dev/v1alpha1
-kind: Budget
-metadata: {name: bench, namespace: bench}
-spec:
-  budgets:
-  - name: per-user-usd
-    subject: {user: "*"}
-    limit: {unit: USD, amount: 1000000}
-    window: {unit: Day}
-    onBudgetExceeded: Block
-  - name: all-tokens
-    limit: {unit: Tokens, amount: 4000000000}
-    window: {unit: Month}
-    onBudgetExceeded: Block
----
-apiVersion: budgets.extproc.dev/v1alpha1
-kind: BudgetPolicy
-metadata: {name: bench, namespace: bench}
-spec:
-  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: budget-demo}]
-  discovery: {from: Same}
----
-apiVersion: budgets.extproc.dev/v1alpha1
-kind: BudgetDimensions
-metadata: {name: dims}
-spec:
-  dimensions:
-    user: {header: x-user}
-"""
+BUDGETS = Path(__file__).with_name("budgets.yaml")
 
 BODY = json.dumps(
     {"model": "gpt-4o", "messages": [{"role": "user", "content": "Say hi in five words."}], "max_tokens": 20}
@@ -96,8 +66,7 @@ def main() -> int:
     ap.add_argument("--redis", action="store_true", help="spend in a real redis-server, not in memory")
     args = ap.parse_args()
 
-    cfg = Path(tempfile.mkdtemp(prefix="bench-")) / "budgets.yaml"
-    cfg.write_text(BUDGETS)
+    cfg = BUDGETS
     procs: list[Proc] = []
     redis = start_redis() if args.redis else None
     try:

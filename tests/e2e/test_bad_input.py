@@ -146,3 +146,15 @@ async def test_a_stream_that_starts_at_the_response_phase_is_passed_through(
         assert ok.status == 200
     finally:
         await client.close()
+
+
+async def test_malformed_response_json_reaches_the_client_unchanged_and_releases_the_hold(
+    client_a: HttpClient, replicas: list[tuple[Sidecar, Envoy]]
+) -> None:
+    sidecar = replicas[0][0]
+    before = metric(sidecar, "extproc_parse_problems_total")
+    r = await client_a.post_json(DEMO, {"model": "gpt-4o", "messages": []}, {"x-mock-malformed": "1"})
+    assert r.status == 200
+    assert r.body == b'{"id":"x","usage":{"prompt_tok'
+    assert metric(sidecar, "extproc_parse_problems_total") > before
+    assert (await call(client_a, (10, 10))).status == 200

@@ -93,6 +93,9 @@ class MockOpenAI:
             _write(writer, 400, {"content-type": "application/json"}, b'{"error":{"message":"bad json"}}')
             return
         self.stats.bodies.append(req)
+        if headers.get("x-mock-malformed"):
+            _write(writer, 200, {"content-type": "application/json"}, b'{"id":"x","usage":{"prompt_tok')
+            return
         if headers.get("x-mock-no-usage"):
             _write(writer, 200, {"content-type": "application/json"}, b'{"id":"x","choices":[]}')
             return

@@ -1,0 +1,73 @@
+"""The running sidecar process: gRPC health and reflection, the admin endpoints, the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from tests.support.e2e import call
+from tests.support.http import HttpClient
+from tests.support.procs import ROOT, Envoy, Sidecar
+
+pytestmark = pytest.mark.e2e
+
+
+def test_grpc_health_says_serving_for_the_server_and_the_ext_proc_service(
+    replicas: list[tuple[Sidecar, Envoy]],
+) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{replicas[0][0].grpc_port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "envoy.service.ext_proc.v3.ExternalProcessor"):
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_the_services_for_grpcurl(replicas: list[tuple[Sidecar, Envoy]]) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{replicas[0][0].grpc_port}") as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        names = {s.name for r in replies for s in r.list_services_response.service}
+    assert "envoy.service.ext_proc.v3.ExternalProcessor" in names
+    assert "grpc.health.v1.Health" in names
+
+
+async def test_admin_port_serves_metrics_health_and_readiness(
+    client_a: HttpClient, replicas: list[tuple[Sidecar, Envoy]]
+) -> None:
+    await call(client_a, (21, 683))
+    base = f"http://127.0.0.1:{replicas[0][0].admin_port}"
+    with urllib.request.urlopen(f"{base}/metrics", timeout=2) as r:
+        metrics = r.read().decode()
+    assert 'extproc_requests_total{outcome="counted",route="budget-demo"}' in metrics
+    assert "extproc_cost_nano_usd_total" in metrics
+    for path in ("/healthz", "/readyz"):
+        with urllib.request.urlopen(f"{base}{path}", timeout=2) as r:
+            assert r.status == 200
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(f"{base}/nope", timeout=2)
+    assert missing.value.code == 404
+
+
+def test_serve_refuses_an_invalid_configuration_with_file_line_problems(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "apiVersion: budgets.extproc.dev/v1alpha1\nkind: Budget\nmetadata: {name: b}\nspec:\n"
+        "  budgets:\n  - name: Bad_Name\n    limit: {unit: USD, amount: 5}\n"
+        "    window: {unit: Day}\n    onBudgetExceeded: Block\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "extproc.cli", "serve", "--config", str(bad), "--grpc-address", "127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 1
+    assert f"{bad}:6: spec.budgets[0].name:" in proc.stderr
