@@ -64,6 +64,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--redis", action="store_true", help="spend in a real redis-server, not in memory")
+    ap.add_argument("--workers", type=int, default=1, help="sidecar processes (needs --redis when > 1)")
+    ap.add_argument("--only", choices=["none", "enforced", "untouched"], help="run one scenario only")
     args = ap.parse_args()
 
     cfg = BUDGETS
@@ -74,9 +76,8 @@ def main() -> int:
         upstream = Proc("upstream", [sys.executable, "-m", "tests.support.http", str(up_port)])
         procs.append(upstream)
         wait_for(lambda: "upstream on" in upstream.output(), "mock upstream", proc=upstream)
-        sidecar = Sidecar(
-            [str(cfg)], redis_url=redis.url if redis else None, extra=["--log-level", "warning"]
-        )
+        extra = ["--log-level", "warning", "--workers", str(args.workers)]
+        sidecar = Sidecar([str(cfg)], redis_url=redis.url if redis else None, extra=extra)
         procs.append(sidecar)
         with_filter = Envoy(up_port, [sidecar.grpc_port])
         procs.append(with_filter)
@@ -87,11 +88,15 @@ def main() -> int:
 
         async def run() -> list[str]:
             rows = []
-            for name, port, path in (
-                ("envoy, no ext_proc filter", without.port, "/budget-demo/v1/chat/completions"),
-                ("envoy + budgets (enforced route)", with_filter.port, "/budget-demo/v1/chat/completions"),
-                ("envoy + budgets (untouched route)", with_filter.port, "/openai/v1/chat/completions"),
-            ):
+            demo, untouched = "/budget-demo/v1/chat/completions", "/openai/v1/chat/completions"
+            scenarios = {
+                "none": ("envoy, no ext_proc filter", without.port, demo),
+                "enforced": ("envoy + budgets (enforced route)", with_filter.port, demo),
+                "untouched": ("envoy + budgets (untouched route)", with_filter.port, untouched),
+            }
+            for key, (name, port, path) in scenarios.items():
+                if args.only and key != args.only:
+                    continue
                 await _drive(port, path, 1.0, args.connections)  # warm up
                 lat = await _drive(port, path, args.seconds, args.connections)
                 rows.append(_row(name, lat, args.seconds))
@@ -99,7 +104,10 @@ def main() -> int:
 
         rows = asyncio.run(run())
         store = "redis" if redis else "memory"
-        print(f"{args.connections} connections, {args.seconds:.0f} s each, store={store}")
+        print(
+            f"{args.connections} connections, {args.seconds:.0f} s each,"
+            f" store={store}, workers={args.workers}"
+        )
         print(f"{'':<34} {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9}")
         for row in rows:
             print(row)
