@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import urllib.error
@@ -71,3 +72,43 @@ def test_serve_refuses_an_invalid_configuration_with_file_line_problems(tmp_path
     )
     assert proc.returncode == 1
     assert f"{bad}:6: spec.budgets[0].name:" in proc.stderr
+
+
+async def test_prefork_workers_share_the_port_and_the_spend(
+    e2e_redis: str, upstream, fresh_spend: None
+) -> None:
+    sidecar = Sidecar([str(ROOT / "examples")], redis_url=e2e_redis, extra=["--workers", "2"])
+    envoy = Envoy(upstream.port, [sidecar.grpc_port])
+    client = HttpClient("127.0.0.1", envoy.port)
+    try:
+        serving = [x for x in sidecar.json_lines() if x.get("event") == "serving"]
+        for _ in range(100):
+            if len(serving) >= 2:
+                break
+            await asyncio.sleep(0.05)
+            serving = [x for x in sidecar.json_lines() if x.get("event") == "serving"]
+        assert len({x["pid"] for x in serving}) == 2
+        assert (await call(client, (1000, 1000))).status == 200
+        # Whichever worker takes the next stream, the spend is in Redis: blocked.
+        for _ in range(4):
+            fresh = HttpClient("127.0.0.1", envoy.port)
+            try:
+                assert (await call(fresh, (1, 1))).status == 429
+            finally:
+                await fresh.close()
+    finally:
+        await client.close()
+        envoy.stop()
+        sidecar.stop()
+
+
+def test_workers_without_redis_are_refused(tmp_path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "extproc.cli", "serve", "--config", str(ROOT / "examples"), "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    assert "several workers need a shared spend store" in proc.stdout

@@ -54,6 +54,19 @@ class Proc:
         )
         atexit.register(self.stop)
 
+    def _launch(self, name: str, argv: Callable[[], list[str]], ready: Callable[[], bool]) -> None:
+        """Start on freshly picked ports until it binds: a port found free can be taken
+        (by an ephemeral client port, say) before the child binds it."""
+        for attempt in range(4):
+            Proc.__init__(self, name, argv())
+            try:
+                wait_for(ready, f"{name} ready", proc=self)
+                return
+            except RuntimeError:
+                if attempt == 3 or "address already in use" not in self.output().lower():
+                    raise
+                self.stop()
+
     def alive(self) -> bool:
         return self.popen.poll() is None
 
@@ -103,17 +116,18 @@ class Sidecar(Proc):
     def __init__(
         self, config: list[str], redis_url: str | None = None, extra: list[str] | None = None
     ) -> None:
-        self.grpc_port = free_port()
-        self.admin_port = free_port()
-        argv = [
-            sys.executable, "-m", "extproc.cli", "serve", "--config", *config,
-            "--grpc-address", f"127.0.0.1:{self.grpc_port}",
-            "--admin-address", f"127.0.0.1:{self.admin_port}",
-            *(["--redis-url", redis_url] if redis_url else []),
-            *(extra or []),
-        ]  # fmt: skip
-        super().__init__("sidecar", argv)
-        wait_for(lambda: _http_ok(f"http://127.0.0.1:{self.admin_port}/readyz"), "sidecar ready", proc=self)
+        def argv() -> list[str]:
+            self.grpc_port = free_port()
+            self.admin_port = free_port()
+            return [
+                sys.executable, "-m", "extproc.cli", "serve", "--config", *config,
+                "--grpc-address", f"127.0.0.1:{self.grpc_port}",
+                "--admin-address", f"127.0.0.1:{self.admin_port}",
+                *(["--redis-url", redis_url] if redis_url else []),
+                *(extra or []),
+            ]  # fmt: skip
+
+        self._launch("sidecar", argv, lambda: _http_ok(f"http://127.0.0.1:{self.admin_port}/readyz"))
 
 
 def render_envoy_config(
@@ -138,16 +152,16 @@ class Envoy(Proc):
     def __init__(
         self, upstream_port: int, extproc_ports: list[int], transform: Callable[[str], str] | None = None
     ) -> None:
-        self.port = free_port()
-        self.admin_port = free_port()
-        text = render_envoy_config(self.port, self.admin_port, upstream_port, extproc_ports)
-        if transform is not None:
-            text = transform(text)
         self.config_path = Path(tempfile.mkstemp(prefix="envoy-", suffix=".yaml")[1])
-        self.config_path.write_text(text)
-        argv = [
-            envoy_binary(), "-c", str(self.config_path), "--log-level", "warn",
-            "--concurrency", "1", "--base-id", str(free_port()),
-        ]  # fmt: skip
-        super().__init__("envoy", argv)
-        wait_for(lambda: _http_ok(f"http://127.0.0.1:{self.admin_port}/ready"), "envoy ready", proc=self)
+
+        def argv() -> list[str]:
+            self.port = free_port()
+            self.admin_port = free_port()
+            text = render_envoy_config(self.port, self.admin_port, upstream_port, extproc_ports)
+            self.config_path.write_text(transform(text) if transform is not None else text)
+            return [
+                envoy_binary(), "-c", str(self.config_path), "--log-level", "warn",
+                "--concurrency", "1", "--base-id", str(free_port()),
+            ]  # fmt: skip
+
+        self._launch("envoy", argv, lambda: _http_ok(f"http://127.0.0.1:{self.admin_port}/ready"))

@@ -107,5 +107,15 @@ class RedisProcess:
 
 
 def start_redis(port: int | None = None) -> RedisProcess:
-    """Start a redis-server and wait until it answers PING."""
-    return RedisProcess(port)
+    """Start a redis-server and wait until it answers PING.
+
+    On a port of its own choosing, it tries again with another port when the one found
+    free was taken before redis-server could bind it.
+    """
+    for attempt in range(4):
+        try:
+            return RedisProcess(port)
+        except RuntimeError as exc:
+            if port is not None or attempt == 3 or "in use" not in str(exc).lower():
+                raise
+    raise AssertionError("unreachable")

@@ -20,11 +20,14 @@ from extproc.config.model import (
     BudgetEntry,
     BudgetResource,
     Config,
+    Dimension,
+    DimensionSource,
     EnforcementPolicy,
     FailureMode,
     TargetRef,
     Unit,
     Window,
+    frozen_map,
 )
 from extproc.server.grpc import ExternalProcessor
 from extproc.service import BudgetService, Exchange, Snapshot, counter_for
@@ -242,3 +245,62 @@ async def test_redis_down_admits_on_an_open_policy_and_answers_503_on_a_closed_o
     reply = (await exchange(closed_service, 5, 5))[-1]
     assert reply.immediate_response.status.code == 503
     assert json.loads(reply.immediate_response.body)["error"]["code"] == "budget_store_unavailable"
+
+
+def per_user_config() -> Config:
+    entries = (
+        BudgetEntry("ns", "users", "per-user", Unit.TOKENS, Decimal(100), Window.DAY, Action.BLOCK,
+                    frozen_map({"user": "*"})),
+        BudgetEntry("ns", "users", "vip", Unit.TOKENS, Decimal(1000), Window.DAY, Action.BLOCK,
+                    frozen_map({"user": "vip"})),
+    )  # fmt: skip
+    policy = EnforcementPolicy("ns", "p", (TargetRef("HTTPRoute", "budget-demo", "ns"),))
+    dims = {"user": Dimension("user", DimensionSource.HEADER, "x-user")}
+    return Config(
+        budgets=(BudgetResource("ns", "users", entries),),
+        policies=(policy,),
+        dimensions=dims,
+        catalogs=(CATALOG,),
+    )
+
+
+async def user_exchange(service: BudgetService, user: str, tokens: int) -> pb.ProcessingResponse:
+    ex = Exchange()
+    await service.handle(ex, headers_msg("request_headers", {":path": "/v1/chat/completions", "x-user": user},
+                                         "budget-demo"))  # fmt: skip
+    reply = await service.handle(ex, body_msg("request_body", request_body(max_tokens=1)))
+    if reply.HasField("immediate_response"):
+        return reply
+    await service.handle(
+        ex, headers_msg("response_headers", {":status": "200", "content-type": "application/json"})
+    )
+    await service.handle(ex, body_msg("response_body", response_body(tokens, 0)))
+    return reply
+
+
+async def test_a_star_entry_gives_each_header_value_its_own_allowance_and_exact_entries_override_it() -> None:
+    service = BudgetService(Snapshot(per_user_config()), MemoryStore(), Metrics())
+    assert not (await user_exchange(service, "alice", 100)).HasField("immediate_response")
+    blocked = await user_exchange(service, "alice", 1)
+    assert blocked.immediate_response.status.code == 429
+    assert "ns/users/per-user" in json.loads(blocked.immediate_response.body)["error"]["message"]
+    assert not (await user_exchange(service, "bob", 1)).HasField("immediate_response")
+    # "vip" has an entry of its own (1,000), which overrides the "*" allowance (100).
+    assert not (await user_exchange(service, "vip", 500)).HasField("immediate_response")
+    assert not (await user_exchange(service, "vip", 1)).HasField("immediate_response")
+    # No user header: no entry applies, nothing blocks.
+    assert not (await user_exchange(service, "", 5000)).HasField("immediate_response")
+
+
+async def test_response_trailers_close_the_exchange_and_are_answered_in_kind(service: BudgetService) -> None:
+    ex = Exchange()
+    await service.handle(ex, headers_msg("request_headers", {":path": "/v1/chat/completions"}, "budget-demo"))
+    await service.handle(ex, body_msg("request_body", request_body(max_tokens=10)))
+    await service.handle(
+        ex, headers_msg("response_headers", {":status": "200", "content-type": "application/json"})
+    )
+    await service.handle(ex, body_msg("response_body", response_body(1500, 600), eos=False))
+    trailers = await service.handle(ex, pb.ProcessingRequest(response_trailers=pb.HttpTrailers()))
+    assert trailers.HasField("response_trailers")
+    assert ex.finished
+    assert (await exchange(service, 1, 1))[-1].HasField("immediate_response")  # the 2,100 tokens counted
