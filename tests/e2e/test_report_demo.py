@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -69,6 +70,14 @@ async def test_cost_of_a_21_in_683_out_gpt4o_call_is_logged_exactly(
     assert line["gen_ai.usage.output_tokens"] == 683
     assert line["route"] == "budget-demo"
     assert line["http.status"] == 200
+    # ...and Envoy's access log has it too, from the dynamic metadata the sidecar returned.
+    envoy = replicas[0][1]
+    for _ in range(100):
+        access = [x for x in envoy.json_lines() if x.get("cost_usd") == "0.0068825"]
+        if access:
+            break
+        await asyncio.sleep(0.05)
+    assert access and access[-1]["input_tokens"] == 21 and access[-1]["route"] == "budget-demo"
 
 
 async def test_the_blocking_entry_logs_budget_exceeded_with_the_reports_fields(

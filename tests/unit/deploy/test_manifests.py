@@ -1,0 +1,50 @@
+"""The deploy manifests parse, and their ext_proc filter blocks are valid Envoy protos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
+from google.protobuf import json_format
+
+ROOT = Path(__file__).resolve().parents[3]
+MANIFESTS = sorted((ROOT / "deploy").rglob("*.yaml"))
+
+
+def _ext_proc_configs(node: Any) -> list[dict[str, Any]]:
+    found = []
+    if isinstance(node, dict):
+        typed = node.get("typed_config")
+        if node.get("name") == "envoy.filters.http.ext_proc" and isinstance(typed, dict):
+            found.append(typed)
+        for value in node.values():
+            found += _ext_proc_configs(value)
+    elif isinstance(node, list):
+        for value in node:
+            found += _ext_proc_configs(value)
+    return found
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_manifest_is_kubernetes_yaml(path: Path) -> None:
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    assert docs
+    assert all({"apiVersion", "kind", "metadata"} <= d.keys() for d in docs)
+
+
+def test_every_ext_proc_block_parses_as_envoys_proto_and_matches_the_tested_one() -> None:
+    tested = _ext_proc_configs(yaml.safe_load((ROOT / "envoy" / "envoy.yaml").read_text().replace("$", "")))
+    istio = _ext_proc_configs(yaml.safe_load((ROOT / "deploy" / "istio" / "envoyfilter.yaml").read_text()))
+    assert len(tested) == 1 and len(istio) == 1
+    parsed = []
+    for block in (*tested, *istio):
+        message = ext_proc_pb2.ExternalProcessor()
+        json_format.ParseDict({k: v for k, v in block.items() if k != "@type"}, message)
+        message.ClearField("grpc_service")  # the cluster name differs by platform
+        parsed.append(message)
+    assert parsed[0] == parsed[1]
+    assert list(parsed[0].request_attributes) == ["xds.route_name"]
+    assert parsed[0].allow_mode_override
