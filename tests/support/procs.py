@@ -71,7 +71,8 @@ class Proc:
         return self.popen.poll() is None
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def json_lines(self) -> list[dict[str, Any]]:
