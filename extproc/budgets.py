@@ -47,6 +47,11 @@ class RouteBudgets:
 
     resources: tuple[BudgetResource, ...]
     failure_mode: FailureMode
+    # From the targeting policies: which API and provider the route speaks, when the path
+    # does not say it right, and whether to estimate usage a response does not report.
+    api: str | None = None
+    provider: str | None = None
+    estimate_usage: bool = False
 
 
 def route_matches(ref: TargetRef, route_name: str) -> bool:
@@ -100,6 +105,9 @@ class BudgetIndex:
             result = RouteBudgets(
                 resources=tuple(seen.values()),
                 failure_mode=FailureMode.CLOSED if closed else FailureMode.OPEN,
+                api=next((p.api for p in policies if p.api), None),
+                provider=next((p.provider for p in policies if p.provider), None),
+                estimate_usage=any(p.estimate_usage for p in policies),
             )
         if len(self._routes) < 10_000:  # route names come from Envoy's config, but stay bounded
             self._routes[route_name] = result

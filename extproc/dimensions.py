@@ -15,19 +15,6 @@ from extproc.config.model import Dimension, DimensionSource
 BUILTIN_KEYS = frozenset({"model", "provider", "route"})
 
 
-def detect_provider(path: str, host: str = "") -> str:
-    """The LLM provider an API path belongs to (the catalog's provider name)."""
-    if "/openai/deployments/" in path or host.endswith(".openai.azure.com"):
-        return "azure"
-    if path.endswith("/v1/messages") or "/v1/messages?" in path or "anthropic" in host:
-        return "anthropic"
-    if ":generateContent" in path or ":streamGenerateContent" in path:
-        return "google"
-    if "/converse" in path and "/model/" in path:
-        return "aws"
-    return "openai"
-
-
 def resolve(
     dimensions: Mapping[str, Dimension],
     *,

@@ -8,6 +8,7 @@ Whatever happens, a hold is released and usage that was seen is recorded (`close
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -18,17 +19,21 @@ from google.protobuf.struct_pb2 import Struct
 
 from extproc import budgets
 from extproc.budgets import BudgetIndex, Charge, RouteBudgets
-from extproc.catalog import Catalog, LookupStatus, Price, format_usd
+from extproc.catalog import Catalog, LookupStatus, Price, components_text, format_usd
 from extproc.config.model import Action, Config, FailureMode, Unit
-from extproc.dimensions import detect_provider, resolve
+from extproc.dimensions import resolve
 from extproc.server import wire
 from extproc.server.wire import ProcessingRequest, ProcessingResponse
 from extproc.store import Counter, CounterState, SpendStore, StoreUnavailable
 from extproc.store.windows import bucket_seconds_for
 from extproc.telemetry import Metrics, log
-from extproc.usage import LlmRequest, Usage, UsageStream, openai
+from extproc.usage import LlmRequest, Usage, UsageStream, apis
+from extproc.usage.api import ApiCall
+from extproc.usage.encoding import DecodedStream, decode_body
 
 METADATA_NAMESPACE = "extproc.budgets"
+# Response content types that stream: SSE (OpenAI, Anthropic, Gemini) and Bedrock's frames.
+_STREAM_TYPES = ("text/event-stream", "application/vnd.amazon.eventstream")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +66,12 @@ class Exchange:
     attributes: dict[str, str] = field(default_factory=dict)
     metadata: Mapping[str, Struct] = field(default_factory=dict)
     request: LlmRequest = field(default_factory=LlmRequest)
-    provider: str = "openai"
+    # What the path (or the route's policy) says the call is; None: no parser reads it.
+    call: ApiCall | None = None
+    provider: str = ""
+    content_encoding: str = ""
+    # Response body bytes seen, for usage estimates when a response reports none.
+    response_bytes: int = 0
     charges: list[Charge] = field(default_factory=list)
     counters: list[Counter] = field(default_factory=list)
     hold_id: str = ""
@@ -110,7 +120,10 @@ class BudgetService:
         ex.headers = wire.header_map(msg.request_headers.headers)
         ex.attributes = wire.attribute_strings(msg)
         ex.metadata = msg.metadata_context.filter_metadata
-        ex.provider = detect_provider(ex.headers.get(":path", ""), ex.headers.get(":authority", ""))
+        route_budgets = ex.route_budgets
+        call = apis.identify(ex.headers.get(":path", ""), ex.headers.get(":authority", ""))
+        ex.call = apis.override(call, api=route_budgets.api, provider=route_budgets.provider)
+        ex.provider = ex.call.provider if ex.call else (route_budgets.provider or "")
         if msg.request_headers.end_of_stream:
             # No body will come (a GET, say): admit on what the headers tell.
             return await self._admit(ex, wire.CONTINUE_REQUEST_HEADERS)
@@ -124,12 +137,26 @@ class BudgetService:
             return wire.CONTINUE_REQUEST_BODY  # only with a STREAMED request body mode
         body = bytes(ex.body)
         ex.body.clear()
-        parsed = openai.parse_request(body)
+        reply = wire.CONTINUE_REQUEST_BODY
+        if ex.call is None:
+            # An API we do not read: admitted on what we know, its spend unknown.
+            ex.request = LlmRequest(estimated_input_tokens=-(-len(body) // 4))
+            if body:
+                self.metrics.unparsed.labels(ex.route).inc()
+                log.info(
+                    "unparsed",
+                    route=ex.route,
+                    path=ex.headers.get(":path", "").split("?")[0],
+                    bytes=len(body),
+                )
+            return await self._admit(ex, reply)
+        parsed = apis.reader(ex.call).parse_request(body, ex.call)
         if parsed.problem:
             self.metrics.parse_problems.labels("request", parsed.problem).inc()
             log.info("request body not read", route=ex.route, problem=parsed.problem, bytes=len(body))
         ex.request = parsed.request
-        reply = wire.CONTINUE_REQUEST_BODY
+        if ex.request.model is None and ex.call.model:
+            ex.request = dataclasses.replace(ex.request, model=ex.call.model)
         if parsed.rewritten_body is not None:
             ex.injected_usage = parsed.injected_usage
             reply = wire.replace_request_body(parsed.rewritten_body)
@@ -235,9 +262,14 @@ class BudgetService:
         if msg.response_headers.end_of_stream:
             await self.close(ex)
             return wire.CONTINUE_RESPONSE_HEADERS
-        if headers.get("content-type", "").startswith("text/event-stream"):
+        ex.content_encoding = headers.get("content-encoding", "")
+        ctype = headers.get("content-type", "")
+        if ex.call is not None and (ex.call.streaming or ctype.startswith(_STREAM_TYPES)):
             ex.streaming = True
-            ex.accumulator = openai.StreamAccumulator(hide_usage_chunk=ex.injected_usage)
+            stream = apis.reader(ex.call).stream(ex.call, hide_usage_chunk=ex.injected_usage)
+            if ex.content_encoding and ex.content_encoding != "identity":
+                stream = DecodedStream(stream, ex.content_encoding)
+            ex.accumulator = stream
             return wire.STREAM_RESPONSE_HEADERS
         return wire.CONTINUE_RESPONSE_HEADERS
 
@@ -246,6 +278,7 @@ class BudgetService:
             return wire.CONTINUE_RESPONSE_BODY
         chunk = msg.response_body.body
         end = msg.response_body.end_of_stream
+        ex.response_bytes += len(chunk)
         if ex.accumulator is not None:
             out = ex.accumulator.feed(chunk)
             if end:
@@ -270,6 +303,14 @@ class BudgetService:
         if problem:
             self.metrics.parse_problems.labels("response", problem).inc()
         model = response_model or ex.request.model
+        estimated = False
+        if usage is None and ex.status and ex.route_budgets is not None and ex.route_budgets.estimate_usage:
+            # Asked for by the route's policy: rather an estimate than a free call.
+            usage = Usage(
+                input_tokens=ex.request.estimated_input_tokens, output_tokens=-(-ex.response_bytes // 4)
+            )
+            estimated = True
+            self.metrics.estimated.labels(ex.route).inc()
         if usage is None:
             await self._release(ex, reason or problem or "no usage")
             if ex.status:
@@ -286,7 +327,7 @@ class BudgetService:
             self.metrics.unpriced.labels(model or "").inc()
             log.warning("model not in catalog; priced at $0", model=model, provider=ex.provider)
         await self._record(ex, usage, price)
-        self._log_request(ex, usage, price, response_model)
+        self._log_request(ex, usage, price, response_model, estimated)
         self.metrics.requests.labels(ex.route, "counted").inc()
         self.metrics.tokens.labels(ex.route, model or "", "input").inc(usage.input_tokens)
         self.metrics.tokens.labels(ex.route, model or "", "output").inc(usage.output_tokens)
@@ -306,10 +347,17 @@ class BudgetService:
             acc = ex.accumulator
             problem = None if acc.usage is not None else "stream ended without usage"
             return acc.usage, acc.model, problem
+        if ex.call is None:
+            return None, None, None
         if not ex.body:
             return None, None, "empty response body" if ex.status else None
-        parsed = openai.parse_response(bytes(ex.body))
+        body = bytes(ex.body)
         ex.body.clear()
+        if ex.content_encoding and ex.content_encoding != "identity":
+            body, decode_problem = decode_body(body, ex.content_encoding)
+            if decode_problem:
+                return None, None, decode_problem
+        parsed = apis.reader(ex.call).parse_response(body, ex.call)
         return parsed.usage, parsed.model, parsed.problem
 
     async def _record(self, ex: Exchange, usage: Usage, price: Price) -> None:
@@ -333,7 +381,9 @@ class BudgetService:
         except StoreUnavailable:
             self.metrics.store_errors.labels("release").inc()  # the lease will expire it
 
-    def _log_request(self, ex: Exchange, usage: Usage, price: Price, response_model: str | None) -> None:
+    def _log_request(
+        self, ex: Exchange, usage: Usage, price: Price, response_model: str | None, estimated: bool
+    ) -> None:
         log.info(
             "request",
             route=ex.route,
@@ -346,7 +396,11 @@ class BudgetService:
                 "gen_ai.usage.output_tokens": usage.output_tokens,
                 "gen_ai.usage.cached_input_tokens": usage.cached_input_tokens,
                 "gen_ai.usage.reasoning_tokens": usage.reasoning_tokens,
+                "gen_ai.usage.cache_creation_input_tokens": usage.cache_creation_input_tokens,
                 "gen_ai.usage.cost_usd": format_usd(price.usd),
+                "cost_components": components_text(price),
+                "usage_source": "estimated" if estimated else "reported",
+                "api": ex.call.api if ex.call else None,
                 "price_status": price.status.value,
                 "streamed": ex.streaming,
                 "duration_ms": round((time.monotonic() - ex.started) * 1000, 1),

@@ -57,6 +57,18 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.unparsed = Counter(
+            "extproc_unparsed_requests",
+            "Requests of an API no parser reads (admitted, spend unknown)",
+            ["route"],
+            registry=r,
+        )
+        self.estimated = Counter(
+            "extproc_estimated_usage",
+            "Responses without usage whose usage was estimated from sizes",
+            ["route"],
+            registry=r,
+        )
         self.parse_problems = Counter(
             "extproc_parse_problems", "Bodies we could not read usage from", ["phase", "problem"], registry=r
         )

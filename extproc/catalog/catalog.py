@@ -20,10 +20,10 @@ from typing import Protocol, TypeAlias
 from genai_prices import data_snapshot
 from genai_prices.types import ModelInfo, ModelPrice, Provider, TieredPrices
 
-from extproc.catalog.model import CatalogDocument, UserRates
+from extproc.catalog.model import CatalogDocument, UserRates, UserTier
 from extproc.usage.model import Usage
 
-__all__ = ["Catalog", "LookupStatus", "Price", "Rates", "format_usd"]
+__all__ = ["Catalog", "LookupStatus", "Price", "Rates", "components_text", "format_usd"]
 
 # Costs are summed as integers and only turned into a Decimal by moving the decimal
 # point, which this context can always do exactly (the default 28 digits could round).
@@ -73,7 +73,8 @@ class Rates:
 
     `tiers` holds long-context prices: `(threshold, rates)` ascending, where `rates`
     apply to the whole call once its input tokens exceed `threshold` (the cliff model
-    Anthropic and Google bill by).
+    Anthropic and Google bill by, as genai-prices' TieredPrices). A tier's own rates
+    have no tiers.
     """
 
     input: Decimal
@@ -93,17 +94,31 @@ class Rates:
                 raise ValueError(f"a rate must be a finite non-negative decimal, not {rate}")
         scale = max(0, *(-int(rate.as_tuple().exponent) for rate in rates))
         object.__setattr__(self, "_scaled", (scale, tuple(_scaled_int(rate, scale) for rate in rates)))
+        # for_input walks the tiers from the top, so their order is what makes it right.
+        previous = -1
+        for threshold, tier in self.tiers:
+            if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold <= previous:
+                raise ValueError(
+                    f"tier thresholds must be distinct ascending integers >= 0, not {threshold!r}"
+                )
+            if tier.tiers:
+                raise ValueError("a tier's rates cannot have tiers of their own")
+            previous = threshold
 
     @classmethod
     def from_user(cls, rates: UserRates) -> Rates:
-        """Fill omitted rates so as never to under-count: cache at input, reasoning at output."""
-        return cls(
-            input=rates.input,
-            output=rates.output,
-            cache_read=rates.input if rates.cache_read is None else rates.cache_read,
-            cache_write=rates.input if rates.cache_write is None else rates.cache_write,
-            reasoning=rates.output if rates.reasoning is None else rates.reasoning,
+        """Fill omitted rates so as never to under-count: cache at input, reasoning at output.
+
+        A tier's omitted rates fall back to that tier's own input and output, not to the
+        base rates: a long-context cache read is never priced below long-context input
+        unless the catalog says so.
+        """
+        base = _filled(rates)
+        tiers = tuple(
+            (tier.input_tokens_above, _filled(tier))
+            for tier in sorted(rates.tiers, key=lambda tier: tier.input_tokens_above)
         )
+        return cls(base.input, base.output, base.cache_read, base.cache_write, base.reasoning, tiers)
 
     def for_input(self, input_tokens: int) -> Rates:
         """The rates that apply to a call with this many input tokens (cached ones included)."""
@@ -111,6 +126,16 @@ class Rates:
             if input_tokens > threshold:
                 return rates
         return self
+
+
+def _filled(rates: UserRates | UserTier) -> Rates:
+    return Rates(
+        input=rates.input,
+        output=rates.output,
+        cache_read=rates.input if rates.cache_read is None else rates.cache_read,
+        cache_write=rates.input if rates.cache_write is None else rates.cache_write,
+        reasoning=rates.output if rates.reasoning is None else rates.reasoning,
+    )
 
 
 def _zero_components() -> Mapping[str, Decimal]:
@@ -123,8 +148,10 @@ class Price:
 
     `usd` is exact and unrounded; `nanos` is `usd` in billionths rounded up, the integer
     the spend store adds. `provider` and `model` name the catalog entry matched (None
-    when nothing matched). `components` splits `usd` into input, cached_input,
-    cache_write, output and reasoning; they sum to `usd` exactly.
+    when nothing matched). `components` splits `usd` exactly, each at the rate of the
+    tier that applied: `input` (input neither read from nor written to the cache),
+    `cached_input` (cache reads), `cache_write`, `output` (output other than reasoning)
+    and `reasoning`; they sum to `usd` exactly.
     """
 
     usd: Decimal
@@ -298,13 +325,7 @@ def _priced(usage: Usage, rates: Rates, entry: _Entry) -> Price:
     else:
         nanos = total * 10 ** (_NANO_DIGITS - digits)
     components = MappingProxyType(
-        {
-            "input": _usd(parts[0], digits),
-            "cached_input": _usd(parts[1], digits),
-            "cache_write": _usd(parts[2], digits),
-            "output": _usd(parts[3], digits),
-            "reasoning": _usd(parts[4], digits),
-        }
+        {name: _usd(part, digits) for name, part in zip(_COMPONENTS, parts, strict=True)}
     )
     return Price(_usd(total, digits), nanos, entry.status, entry.provider, entry.model, components)
 
@@ -403,6 +424,14 @@ def _at(value: _BuiltinPrice, input_tokens: int) -> Decimal | None:
         if input_tokens > tier.start:
             return tier.price
     return value.base
+
+
+def components_text(price: Price) -> dict[str, str]:
+    """The non-zero cost components as plain decimal strings, for the per-request log line.
+
+    Zero ones are left out so that a plain chat call logs just `input` and `output`.
+    """
+    return {name: format_usd(amount) for name, amount in price.components.items() if amount}
 
 
 def format_usd(amount: Decimal) -> str:

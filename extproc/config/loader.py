@@ -23,9 +23,10 @@ from typing import TypeVar
 
 import yaml
 
-from extproc.catalog.model import CatalogDocument, UserRates
+from extproc.catalog.model import CatalogDocument, UserRates, UserTier
 from extproc.config.errors import ConfigError, Problem
 from extproc.config.model import (
+    API_NAMES,
     NANOS_PER_USD,
     Action,
     BudgetEntry,
@@ -75,6 +76,13 @@ _RATE_FIELDS = {
     "reasoning": "reasoning",
 }
 _REQUIRED_RATES = ("input", "output")
+_TIERS = "tiers"
+_TIER_THRESHOLD = "inputTokensAbove"
+_TIER_FIELDS = (_TIER_THRESHOLD, *_RATE_FIELDS)
+# What a policy may say about how its routes' calls are read and priced.
+_ROUTE_FIELDS = ("provider", "api", "estimateUsage")
+_ENTERPRISE_FIELDS = ("discovery", "failureMode", *_ROUTE_FIELDS)
+_POLICY_FIELDS = ("targetRefs", "discovery", "failureMode", *_ROUTE_FIELDS)
 
 _E = TypeVar("_E", bound=enum.Enum)
 
@@ -360,6 +368,14 @@ class _Reporter:
         members = {member.value: member for member in enum_type}
         value = self.one_of(node, path, list(members), what)
         return None if value is None else members[value]
+
+    def boolean(self, node: _Node | None, path: str) -> bool | None:
+        if node is None:
+            return None
+        if isinstance(node, _Scalar) and isinstance(node.value, bool):
+            return node.value
+        self.add(node.line, path, f"must be true or false, got {_describe(node)}")
+        return None
 
     def decimal(self, node: _Node | None, path: str) -> Decimal | None:
         """A number written as a number or a string ("0.50"), kept exact as a Decimal."""
@@ -654,7 +670,8 @@ def _enterprise_policy(r: _Reporter, doc: _Map, meta: _Meta, acc: _Collected) ->
         return
     path = "spec.traffic.entBudgetEnforcement"
     settings = r.mapping(enforcement, path)
-    r.only(settings, path, ("discovery", "failureMode"))
+    # The route settings are our extension: the upstream CRD has no such fields.
+    r.only(settings, path, _ENTERPRISE_FIELDS)
     discovery_map = r.mapping(r.get(settings, "discovery", path), f"{path}.discovery")
     r.only(discovery_map, f"{path}.discovery", ("namespaces",))
     namespaces = r.get(discovery_map, "namespaces", f"{path}.discovery")
@@ -662,10 +679,19 @@ def _enterprise_policy(r: _Reporter, doc: _Map, meta: _Meta, acc: _Collected) ->
     failure = r.choice(
         r.get(settings, "failureMode", path), f"{path}.failureMode", FailureMode, "failure mode"
     )
+    route = _route_settings(r, settings, path)
     targets = _target_refs(r, spec, "spec", meta.namespace)
     acc.policies.append(
         EnforcementPolicy(
-            meta.namespace, meta.name, targets, mode, frozen_map(selector), failure or FailureMode.OPEN
+            meta.namespace,
+            meta.name,
+            targets,
+            mode,
+            frozen_map(selector),
+            failure or FailureMode.OPEN,
+            route.provider,
+            route.api,
+            route.estimate_usage,
         )
     )
 
@@ -674,15 +700,53 @@ def _budget_policy(r: _Reporter, doc: _Map, meta: _Meta, acc: _Collected) -> Non
     spec = r.mapping(r.get(doc, "spec", "", required=True), "spec")
     if spec is None:
         return
-    r.only(spec, "spec", ("targetRefs", "discovery", "failureMode"))
+    r.only(spec, "spec", _POLICY_FIELDS)
     targets = _target_refs(r, spec, "spec", meta.namespace)
     mode, selector = _discovery(r, r.get(spec, "discovery", "spec"), "spec.discovery")
     failure = r.choice(r.get(spec, "failureMode", "spec"), "spec.failureMode", FailureMode, "failure mode")
+    route = _route_settings(r, spec, "spec")
     acc.policies.append(
         EnforcementPolicy(
-            meta.namespace, meta.name, targets, mode, frozen_map(selector), failure or FailureMode.OPEN
+            meta.namespace,
+            meta.name,
+            targets,
+            mode,
+            frozen_map(selector),
+            failure or FailureMode.OPEN,
+            route.provider,
+            route.api,
+            route.estimate_usage,
         )
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _RouteSettings:
+    provider: str | None = None
+    api: str | None = None
+    estimate_usage: bool = False
+
+
+def _route_settings(r: _Reporter, parent: _Map | None, path: str) -> _RouteSettings:
+    """`provider`, `api` and `estimateUsage`: how the targeted routes' calls are read and priced."""
+    provider = _provider(r, r.get(parent, "provider", path), _join(path, "provider"))
+    api = r.one_of(r.get(parent, "api", path), _join(path, "api"), API_NAMES, "api")
+    estimate = r.boolean(r.get(parent, "estimateUsage", path), _join(path, "estimateUsage"))
+    return _RouteSettings(provider, api, bool(estimate))
+
+
+def _provider(r: _Reporter, node: _Node | None, path: str) -> str | None:
+    text = r.string(node, path)
+    if text is None or node is None:
+        return None
+    # Lower-cased like the names path detection gives: it is also the value that budget
+    # subjects on the built-in `provider` dimension are matched against.
+    provider = text.strip().lower()
+    problem = _subject_text_problem(provider, "a provider")
+    if problem:
+        r.add(node.line, path, problem)
+        return None
+    return provider
 
 
 def _parameters(r: _Reporter, doc: _Map, meta: _Meta, acc: _Collected) -> None:
@@ -830,8 +894,24 @@ def _rates(r: _Reporter, node: _Node | None, model_path: str) -> UserRates | Non
     rates = r.mapping(node, path)
     if rates is None:
         return None
-    r.only(rates, path, list(_RATE_FIELDS))
+    r.only(rates, path, [*_RATE_FIELDS, _TIERS])
     before = r.count()
+    values = _rate_values(r, rates, path)
+    tiers = _tiers(r, r.get(rates, _TIERS, path), _join(path, _TIERS))
+    if r.count() > before:
+        return None
+    return UserRates(
+        input=values["input"],
+        output=values["output"],
+        cache_read=values.get("cache_read"),
+        cache_write=values.get("cache_write"),
+        reasoning=values.get("reasoning"),
+        tiers=tiers,
+    )
+
+
+def _rate_values(r: _Reporter, rates: _Map, path: str) -> dict[str, Decimal]:
+    """The rates stated in `rates`, by attribute name; the caller counts problems."""
     values: dict[str, Decimal] = {}
     for name, attribute in _RATE_FIELDS.items():
         rate_node = r.get(rates, name, path, required=name in _REQUIRED_RATES)
@@ -841,15 +921,52 @@ def _rates(r: _Reporter, node: _Node | None, model_path: str) -> UserRates | Non
         if rate < 0:
             r.add(rate_node.line, _join(path, name), f"a rate must not be negative, got {rate:f}")
         values[attribute] = rate
-    if r.count() > before:
+    return values
+
+
+def _tiers(r: _Reporter, node: _Node | None, path: str) -> tuple[UserTier, ...]:
+    """Long-context tiers, sorted by threshold; each states its own input and output."""
+    items = r.sequence(node, path)
+    if items is None:
+        return ()
+    tiers: list[UserTier] = []
+    first: dict[int, str] = {}  # threshold -> the path of the tier that set it first
+    for i, item in enumerate(items.items):
+        item_path = f"{path}[{i}]"
+        tier = r.mapping(item, item_path)
+        if tier is None:
+            continue
+        r.only(tier, item_path, _TIER_FIELDS)
+        before = r.count()
+        threshold_node = r.get(tier, _TIER_THRESHOLD, item_path, required=True)
+        threshold = _threshold(r, threshold_node, _join(item_path, _TIER_THRESHOLD))
+        values = _rate_values(r, tier, item_path)
+        if threshold is not None and threshold_node is not None:
+            if threshold in first:
+                # Two prices for the same calls: which was meant cannot be guessed.
+                r.add(
+                    threshold_node.line,
+                    _join(item_path, _TIER_THRESHOLD),
+                    f"{threshold} is already the threshold of {first[threshold]}",
+                )
+            else:
+                first[threshold] = item_path
+        if threshold is not None and r.count() == before:
+            tiers.append(UserTier(threshold, **values))
+    return tuple(sorted(tiers, key=lambda tier: tier.input_tokens_above))
+
+
+def _threshold(r: _Reporter, node: _Node | None, path: str) -> int | None:
+    number = r.decimal(node, path)
+    if number is None or node is None:
         return None
-    return UserRates(
-        input=values["input"],
-        output=values["output"],
-        cache_read=values.get("cache_read"),
-        cache_write=values.get("cache_write"),
-        reasoning=values.get("reasoning"),
-    )
+    if number != number.to_integral_value() or number <= 0:
+        r.add(node.line, path, f"must be a positive whole number of input tokens, got {number:f}")
+        return None
+    if number > _MAX_TOKENS:  # checked before int(), which `1e999999999` would make huge
+        r.add(node.line, path, f"is at most {_MAX_TOKENS} (2^32-1), got {number:f}")
+        return None
+    return int(number)
 
 
 def _catalog_tree(r: _Reporter, text: str, line: int | None) -> _Node | None:

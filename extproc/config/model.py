@@ -133,9 +133,27 @@ class TargetRef:
     namespace: str
 
 
+# Every `api` a policy may name: the parsers `extproc.usage.apis` registers.
+API_NAMES = (
+    "openai.chat",
+    "openai.completions",
+    "openai.embeddings",
+    "openai.responses",
+    "anthropic.messages",
+    "gemini.generate",
+    "bedrock.converse",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class EnforcementPolicy:
-    """An EnterpriseAgentgatewayPolicy with entBudgetEnforcement, or a BudgetPolicy."""
+    """An EnterpriseAgentgatewayPolicy with entBudgetEnforcement, or a BudgetPolicy.
+
+    `provider` and `api`, when set, override what the request path says for the routes
+    the policy targets: a self-hosted OpenAI-compatible server priced as "openai", a
+    path no pattern recognises read as "openai.chat". `estimate_usage` asks for a
+    response without usage to be estimated from body sizes rather than left unpriced.
+    """
 
     namespace: str
     name: str
@@ -144,6 +162,11 @@ class EnforcementPolicy:
     # matchLabels for DiscoveryMode.SELECTOR
     selector: Mapping[str, str] = field(default_factory=frozen_map)
     failure_mode: FailureMode = FailureMode.OPEN
+    # The catalog provider, lower-case (also the built-in `provider` dimension's value).
+    provider: str | None = None
+    # One of API_NAMES.
+    api: str | None = None
+    estimate_usage: bool = False
 
 
 class DimensionSource(enum.Enum):
@@ -176,7 +199,5 @@ class Config:
     # Parameters resource names and from --catalog files.
     catalogs: tuple[CatalogDocument, ...] = ()
     # namespace name -> labels, from Namespace manifests (for DiscoveryMode.SELECTOR)
-    namespace_labels: Mapping[str, Mapping[str, str]] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    namespace_labels: Mapping[str, Mapping[str, str]] = field(default_factory=lambda: MappingProxyType({}))
     sources: tuple[str, ...] = ()

@@ -25,6 +25,8 @@ class ApiCall:
     model: str | None = None
     # Gemini's streamGenerateContent and Bedrock's converse-stream stream by path.
     streaming: bool = False
+    # Azure OpenAI's `api-version` query parameter: what the request body may contain.
+    api_version: str | None = None
 
 
 class Api(Protocol):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from google.protobuf.struct_pb2 import Struct
 
 from extproc.config.model import Dimension, DimensionSource
-from extproc.dimensions import detect_provider, metadata_value, resolve
+from extproc.dimensions import metadata_value, resolve
 
 DIMS = {
     "group": Dimension("group", DimensionSource.HEADER, "x-team"),
@@ -63,12 +63,3 @@ def test_metadata_paths_walk_nested_structs_and_stringify_scalars() -> None:
     assert metadata_value(s, ("a", "missing")) is None
     assert metadata_value(s, ("n", "below-a-scalar")) is None
     assert metadata_value(None, ("a",)) is None
-
-
-def test_provider_is_detected_from_the_api_path_and_host() -> None:
-    assert detect_provider("/v1/chat/completions") == "openai"
-    assert detect_provider("/openai/deployments/gpt4/chat/completions?api-version=2024-06-01") == "azure"
-    assert detect_provider("/v1/messages") == "anthropic"
-    assert detect_provider("/v1beta/models/gemini-2.5-pro:generateContent") == "google"
-    assert detect_provider("/model/anthropic.claude-3/converse") == "aws"
-    assert detect_provider("/v1/chat/completions", "myres.openai.azure.com") == "azure"

@@ -12,7 +12,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import extproc.catalog.catalog as catalog_module
-from extproc.catalog import Catalog, CatalogDocument, LookupStatus, Price, Rates, UserRates, format_usd
+from extproc.catalog import (
+    Catalog,
+    CatalogDocument,
+    LookupStatus,
+    Price,
+    Rates,
+    UserRates,
+    UserTier,
+    components_text,
+    format_usd,
+)
 from extproc.usage.model import Usage
 
 D = Decimal
@@ -291,6 +301,156 @@ def test_long_context_tier_counts_cached_input_towards_the_threshold() -> None:
     assert price.components["cached_input"] == D("0.144")  # 240k at the tier's $0.60
 
 
+# --- long-context tiers in the user's catalog ----------------------------------------
+
+# Claude Sonnet 4.5 as a user would state it: the numbers genai-prices bundles.
+SONNET_TIERED = UserRates(
+    input=D("3"),
+    output=D("15"),
+    cache_read=D("0.30"),
+    cache_write=D("3.75"),
+    tiers=(UserTier(200_000, D("6.00"), D("22.50"), cache_read=D("0.60"), cache_write=D("7.50")),),
+)
+
+
+def test_user_tier_applies_to_the_whole_call_once_input_exceeds_its_threshold() -> None:
+    catalog = Catalog([doc("user", {"anthropic": {"claude-sonnet-4-5": SONNET_TIERED}})], builtin=False)
+
+    at_threshold = catalog.price(Usage(input_tokens=200_000, output_tokens=1_000), "claude-sonnet-4-5")
+    above = catalog.price(Usage(input_tokens=200_001, output_tokens=1_000), "claude-sonnet-4-5")
+
+    assert at_threshold.usd == D("0.615")  # 200k at $3 + 1k at $15
+    assert above.usd == D("1.222506")  # 200,001 at $6 + 1k at $22.50
+    assert above.status is LookupStatus.EXACT
+
+
+def test_user_tier_counts_cached_and_written_input_towards_the_threshold() -> None:
+    catalog = Catalog([doc("user", {"anthropic": {"claude-sonnet-4-5": SONNET_TIERED}})], builtin=False)
+    usage = Usage(
+        input_tokens=250_000,
+        output_tokens=2_000,
+        cached_input_tokens=200_000,
+        cache_creation_input_tokens=40_000,
+    )
+
+    price = catalog.price(usage, "claude-sonnet-4-5")
+
+    assert dict(price.components) == {
+        "input": D("0.06"),  # 10k at $6
+        "cached_input": D("0.12"),  # 200k at $0.60
+        "cache_write": D("0.3"),  # 40k at $7.50
+        "output": D("0.045"),  # 2k at $22.50
+        "reasoning": D(0),
+    }
+    assert price.usd == D("0.525")
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        Usage(input_tokens=199_999, output_tokens=10, cached_input_tokens=100_000),
+        Usage(input_tokens=200_000, output_tokens=10, cache_creation_input_tokens=200_000),
+        Usage(input_tokens=200_001, output_tokens=7, cached_input_tokens=1, cache_creation_input_tokens=2),
+        Usage(input_tokens=1_000_000, output_tokens=64_000, reasoning_tokens=60_000),
+    ],
+)
+def test_user_tiers_price_as_genai_prices_tiers_do(usage: Usage) -> None:
+    user = Catalog([doc("user", {"anthropic": {"claude-sonnet-4-5": SONNET_TIERED}})], builtin=False)
+
+    assert user.price(usage, "claude-sonnet-4-5").usd == Catalog().price(usage, "claude-sonnet-4-5").usd
+
+
+def test_a_tiers_omitted_rates_fall_back_to_that_tiers_input_and_output() -> None:
+    rates = UserRates(
+        D("3"), D("15"), cache_read=D("0.30"), reasoning=D("20"), tiers=(UserTier(1000, D("6"), D("30")),)
+    )
+
+    filled = Rates.from_user(rates)
+
+    # Not the base cacheRead or reasoning: a long-context call is never priced below its tier.
+    assert filled.tiers == ((1000, Rates(D("6"), D("30"), D("6"), D("6"), D("30"))),)
+    assert filled.for_input(1001) == Rates(D("6"), D("30"), D("6"), D("6"), D("30"))
+
+
+def test_a_stated_zero_rate_is_kept_not_taken_for_omitted() -> None:
+    zero = D("0")
+    rates = UserRates(
+        D("3"), D("15"), zero, zero, zero, tiers=(UserTier(10, D("6"), D("30"), zero, zero, zero),)
+    )
+
+    filled = Rates.from_user(rates)
+
+    assert filled == Rates(
+        D("3"), D("15"), zero, zero, zero, ((10, Rates(D("6"), D("30"), zero, zero, zero)),)
+    )
+
+
+def test_the_highest_tier_exceeded_applies_and_tiers_are_sorted() -> None:
+    rates = UserRates(
+        D("1"), D("1"), tiers=(UserTier(500_000, D("4"), D("4")), UserTier(100_000, D("2"), D("2")))
+    )
+    catalog = Catalog([doc("user", {"p": {"m": rates}})], builtin=False)
+
+    filled, _, _, _ = catalog.rates("m")
+
+    assert filled is not None
+    assert [threshold for threshold, _ in filled.tiers] == [100_000, 500_000]
+    assert catalog.price(Usage(input_tokens=100_000), "m").usd == D("0.1")
+    assert catalog.price(Usage(input_tokens=100_001), "m").usd == D("0.200002")
+    assert catalog.price(Usage(input_tokens=500_000), "m").usd == D("1")
+    assert catalog.price(Usage(input_tokens=500_001), "m").usd == D("2.000004")
+
+
+@pytest.mark.parametrize(
+    ("tiers", "reason"),
+    [
+        (((5, "b"), (5, "b")), "distinct ascending"),
+        (((9, "b"), (5, "b")), "distinct ascending"),
+        (((-1, "b"),), "distinct ascending"),
+        (((True, "b"),), "distinct ascending"),
+        (((5, "nested"),), "tiers of their own"),
+    ],
+)
+def test_rates_reject_tiers_that_for_input_could_not_walk(
+    tiers: tuple[tuple[object, str], ...], reason: str
+) -> None:
+    flat = Rates(D(1), D(1), D(1), D(1), D(1))
+    nested = Rates(D(1), D(1), D(1), D(1), D(1), ((1, flat),))
+    made = tuple((threshold, nested if kind == "nested" else flat) for threshold, kind in tiers)
+
+    with pytest.raises(ValueError, match=reason):
+        Rates(D(1), D(1), D(1), D(1), D(1), made)  # type: ignore[arg-type]
+
+
+# --- cost components --------------------------------------------------------------------
+
+
+def test_components_text_gives_each_non_zero_component_as_plain_usd() -> None:
+    rates = UserRates(D("2.50"), D("10.00"), cache_read=D("1.25"))
+    catalog = Catalog([doc("user", {"openai": {"o3": rates}})], builtin=False)
+    usage = Usage(input_tokens=1_000, output_tokens=500, cached_input_tokens=400, reasoning_tokens=300)
+
+    price = catalog.price(usage, "o3")
+
+    assert components_text(price) == {
+        "input": "0.0015",  # 600 uncached at $2.50
+        "cached_input": "0.0005",  # 400 at $1.25
+        "output": "0.002",  # 200 non-reasoning at $10
+        "reasoning": "0.003",  # 300 at $10
+    }
+    assert price.usd == D("0.007")
+
+
+def test_components_text_of_an_unpriced_call_is_empty() -> None:
+    price = Catalog(builtin=False).price(Usage(input_tokens=10, output_tokens=10), "nobody-knows")
+
+    assert price.status is LookupStatus.UNPRICED
+    assert components_text(price) == {}
+    assert dict(price.components) == dict.fromkeys(
+        ("input", "cached_input", "cache_write", "output", "reasoning"), D(0)
+    )
+
+
 @pytest.mark.parametrize(
     ("model", "usage"),
     [
@@ -456,6 +616,64 @@ def test_cost_is_never_negative_and_nanos_round_up_by_less_than_one(rates: UserR
     assert price.nanos >= billionths
     assert price.nanos - billionths < 1
     assert price.usd == sum(price.components.values())
+
+
+rate = st.decimals(min_value=0, max_value=1_000, places=6)
+
+
+@st.composite
+def tiered_rates(draw: st.DrawFn) -> UserRates:
+    """User rates with up to three long-context tiers, in any order."""
+    base = draw(rates_strategy)
+    thresholds = draw(st.lists(st.integers(1, 10**9), max_size=3, unique=True))
+    tiers = tuple(
+        UserTier(
+            threshold,
+            draw(rate),
+            draw(rate),
+            draw(st.none() | rate),
+            draw(st.none() | rate),
+            draw(st.none() | rate),
+        )
+        for threshold in thresholds
+    )
+    return UserRates(base.input, base.output, base.cache_read, base.cache_write, base.reasoning, tiers)
+
+
+def flat(rates: Rates) -> UserRates:
+    return UserRates(rates.input, rates.output, rates.cache_read, rates.cache_write, rates.reasoning)
+
+
+@given(tiered_rates(), any_usage)
+def test_tiered_cost_is_exact_and_its_components_sum_to_it(rates: UserRates, usage: Usage) -> None:
+    price = user_catalog(rates).price(usage, "m")
+
+    with localcontext(prec=1000):
+        billionths = price.usd * 10**9
+    assert price.usd >= 0
+    assert 0 <= price.nanos - billionths < 1
+    assert price.usd == sum(price.components.values())
+    assert components_text(price) == {
+        name: format_usd(amount) for name, amount in price.components.items() if amount != 0
+    }
+
+
+@given(tiered_rates(), consistent_usage())
+def test_a_tiered_call_costs_what_its_tier_would_charge_as_flat_rates(rates: UserRates, usage: Usage) -> None:
+    # The reference: pick the tier by hand, the highest threshold the input exceeds.
+    exceeded = [tier for tier in rates.tiers if usage.input_tokens > tier.input_tokens_above]
+    chosen = max(exceeded, key=lambda tier: tier.input_tokens_above, default=None)
+    expected_rates = (
+        Rates.from_user(rates)
+        if chosen is None
+        else Rates.from_user(
+            UserRates(chosen.input, chosen.output, chosen.cache_read, chosen.cache_write, chosen.reasoning)
+        )
+    )
+
+    price = user_catalog(rates).price(usage, "m")
+
+    assert price == user_catalog(flat(expected_rates)).price(usage, "m")
 
 
 @given(rates_strategy, consistent_usage(), consistent_usage())

@@ -13,10 +13,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from extproc.catalog.model import CatalogDocument, UserRates
+from extproc.catalog.model import CatalogDocument, UserRates, UserTier
 from extproc.config import Config, ConfigError, load_config
 from extproc.config.errors import Problem
 from extproc.config.model import (
+    API_NAMES,
     Action,
     BudgetEntry,
     BudgetResource,
@@ -882,10 +883,146 @@ def test_budget_policy_problems(tmp_path):
         "b.yaml:8: spec.targetRefs[2].name: is required",
         "b.yaml:9: spec.discovery.selector: is required when from is Selector",
         'b.yaml:10: spec.failureMod: unknown field (did you mean "failureMode"?); '
-        "expected one of: targetRefs, discovery, failureMode",
+        "expected one of: targetRefs, discovery, failureMode, provider, api, estimateUsage",
         "b.yaml:16: spec.targetRefs: needs at least one HTTPRoute or Gateway",
         "b.yaml:19: spec.discovery.selector.matchExpressions: is not supported; use matchLabels",
         "b.yaml:19: spec.discovery.selector: only applies when from is Selector (from is Same)",
+    ]
+
+
+def test_budget_policy_route_settings_override_provider_and_api_and_ask_for_estimates(tmp_path):
+    text = """\
+        apiVersion: budgets.extproc.dev/v1alpha1
+        kind: BudgetPolicy
+        metadata: {name: self-hosted, namespace: ml}
+        spec:
+          targetRefs: [{kind: HTTPRoute, name: vllm}]
+          provider: OpenAI
+          api: openai.chat
+          estimateUsage: true
+        """
+    (policy,) = load_config([write(tmp_path, "p.yaml", text)]).policies
+    assert policy == EnforcementPolicy(
+        "ml",
+        "self-hosted",
+        (TargetRef("HTTPRoute", "vllm", "ml"),),
+        provider="openai",  # lower-cased, as path detection names providers
+        api="openai.chat",
+        estimate_usage=True,
+    )
+
+
+def test_route_settings_default_to_detection_and_no_estimates(tmp_path):
+    text = """\
+        apiVersion: budgets.extproc.dev/v1alpha1
+        kind: BudgetPolicy
+        metadata: {name: p}
+        spec:
+          targetRefs: [{kind: HTTPRoute, name: chat}]
+          estimateUsage: false
+        """
+    (policy,) = load_config([write(tmp_path, "p.yaml", text)]).policies
+    assert (policy.provider, policy.api, policy.estimate_usage) == (None, None, False)
+
+
+@pytest.mark.parametrize("api", API_NAMES)
+def test_every_api_name_is_accepted(tmp_path, api):
+    text = f"""\
+        apiVersion: budgets.extproc.dev/v1alpha1
+        kind: BudgetPolicy
+        metadata: {{name: p}}
+        spec:
+          targetRefs: [{{kind: HTTPRoute, name: chat}}]
+          api: {api}
+        """
+    (policy,) = load_config([write(tmp_path, "p.yaml", text)]).policies
+    assert policy.api == api
+
+
+def test_route_settings_problems(tmp_path):
+    text = """\
+        apiVersion: budgets.extproc.dev/v1alpha1
+        kind: BudgetPolicy
+        metadata: {name: p}
+        spec:
+          targetRefs: [{kind: HTTPRoute, name: chat}]
+          provider: "open|ai"
+          api: openai.chat.completions
+          estimateUsage: "true"
+        ---
+        apiVersion: budgets.extproc.dev/v1alpha1
+        kind: BudgetPolicy
+        metadata: {name: q}
+        spec:
+          targetRefs: [{kind: HTTPRoute, name: chat}]
+          provider: 42
+          api: [openai.chat]
+          estimateUsage: 1
+          estimate_usage: true
+        ---
+        apiVersion: budgets.extproc.dev/v1alpha1
+        kind: BudgetPolicy
+        metadata: {name: r}
+        spec:
+          targetRefs: [{kind: HTTPRoute, name: chat}]
+          provider: "  "
+        """
+    allowed = ", ".join(API_NAMES)
+    assert problems_in(tmp_path, text) == [
+        'b.yaml:6: spec.provider: a provider must not contain | (got "open|ai")',
+        f'b.yaml:7: spec.api: unknown api "openai.chat.completions"; expected one of: {allowed}',
+        'b.yaml:8: spec.estimateUsage: must be true or false, got "true"',
+        "b.yaml:15: spec.provider: must be a string, got 42",
+        f"b.yaml:16: spec.api: must be one of: {allowed}; got a list",
+        "b.yaml:17: spec.estimateUsage: must be true or false, got 1",
+        'b.yaml:18: spec.estimate_usage: unknown field (did you mean "estimateUsage"?); '
+        "expected one of: targetRefs, discovery, failureMode, provider, api, estimateUsage",
+        "b.yaml:25: spec.provider: a provider must not be empty",
+    ]
+
+
+def test_enterprise_policy_accepts_the_route_settings_as_our_extension(tmp_path):
+    text = """\
+        apiVersion: enterpriseagentgateway.solo.io/v1alpha1
+        kind: EnterpriseAgentgatewayPolicy
+        metadata: {name: azure-budgets, namespace: gw}
+        spec:
+          targetRefs: [{kind: HTTPRoute, name: azure-chat}]
+          traffic:
+            entBudgetEnforcement:
+              provider: azure
+              api: openai.responses
+              estimateUsage: true
+        """
+    (policy,) = load_config([write(tmp_path, "p.yaml", text)]).policies
+    assert policy == EnforcementPolicy(
+        "gw",
+        "azure-budgets",
+        (TargetRef("HTTPRoute", "azure-chat", "gw"),),
+        provider="azure",
+        api="openai.responses",
+        estimate_usage=True,
+    )
+
+
+def test_enterprise_policy_route_settings_problems(tmp_path):
+    text = """\
+        apiVersion: enterpriseagentgateway.solo.io/v1alpha1
+        kind: EnterpriseAgentgatewayPolicy
+        metadata: {name: p}
+        spec:
+          targetRefs: [{kind: HTTPRoute, name: r}]
+          traffic:
+            entBudgetEnforcement:
+              api: gemini
+              estimateUsage: null
+              apis: openai.chat
+        """
+    assert problems_in(tmp_path, text) == [
+        'b.yaml:8: spec.traffic.entBudgetEnforcement.api: unknown api "gemini"; '
+        f"expected one of: {', '.join(API_NAMES)}",
+        'b.yaml:10: spec.traffic.entBudgetEnforcement.apis: unknown field (did you mean "api"?); '
+        "expected one of: discovery, failureMode, provider, api, estimateUsage",
     ]
 
 
@@ -936,7 +1073,7 @@ def test_catalog_problems_carry_the_configmap_key_line_and_the_path_inside(tmp_p
     at = "b.yaml:12: data.catalog.json: providers.openai.models.gpt-4o.rates"
     assert problems_in(tmp_path, text) == [
         f'{at}.cache_read: unknown field (did you mean "cacheRead"?); '
-        "expected one of: input, output, cacheRead, cacheWrite, reasoning",
+        "expected one of: input, output, cacheRead, cacheWrite, reasoning, tiers",
         f"{at}.input: a rate must not be negative, got -1",
         f'{at}.output: must be a number, got "ten"',
         "b.yaml:12: data.catalog.json: providers.openai.models.o1.rates: is required",
@@ -972,6 +1109,102 @@ def test_catalog_json_indented_with_tabs_still_loads(tmp_path):
     )
     (document,) = load_config([write(tmp_path, "c.yaml", text)]).catalogs
     assert document.providers["x"]["m"] == UserRates(Decimal("1"), Decimal("2"))
+
+
+def test_catalog_tiers_load_sorted_by_threshold_with_omitted_rates_left_none(tmp_path):
+    text = _catalog_config_map(
+        """\
+        {"providers": {"anthropic": {"models": {"claude-sonnet-4-5": {"rates": {
+          "input": "3.00", "output": "15.00", "cacheRead": "0.30", "cacheWrite": "3.75",
+          "tiers": [
+            {"inputTokensAbove": 1000000, "input": "12", "output": "45"},
+            {"inputTokensAbove": 200000, "input": "6.00", "output": "22.50",
+             "cacheRead": "0.60", "cacheWrite": "7.50", "reasoning": "30"}
+          ]
+        }}}}}}
+        """
+    )
+    (document,) = load_config([write(tmp_path, "c.yaml", text)]).catalogs
+    assert document.providers["anthropic"]["claude-sonnet-4-5"] == UserRates(
+        Decimal("3.00"),
+        Decimal("15.00"),
+        Decimal("0.30"),
+        Decimal("3.75"),
+        None,
+        (
+            UserTier(
+                200_000, Decimal("6.00"), Decimal("22.50"), Decimal("0.60"), Decimal("7.50"), Decimal("30")
+            ),
+            UserTier(1_000_000, Decimal("12"), Decimal("45")),
+        ),
+    )
+
+
+def test_catalog_tiers_in_yaml_take_numbers_and_numeric_strings(tmp_path):
+    path = write(
+        tmp_path,
+        "prices.yaml",
+        """\
+        providers:
+          google:
+            models:
+              gemini-2.5-pro:
+                rates:
+                  input: 1.25
+                  output: 10
+                  tiers:
+                    - {inputTokensAbove: "200000", input: 2.5, output: 15}
+        """,
+    )
+    (document,) = load_config([], [path]).catalogs
+    assert document.providers["google"]["gemini-2.5-pro"].tiers == (
+        UserTier(200_000, Decimal("2.5"), Decimal("15")),
+    )
+
+
+def test_catalog_tier_problems(tmp_path):
+    path = write(
+        tmp_path,
+        "prices.yaml",
+        """\
+        providers:
+          acme:
+            models:
+              a:
+                rates:
+                  input: 1
+                  output: 1
+                  tiers:
+                    - {inputTokensAbove: 200000, input: 2, output: 2}
+                    - {inputTokensAbove: 200000, input: 3, output: 3}
+                    - {inputTokensAbove: 0, input: 2, output: 2}
+                    - {inputTokensAbove: 1.5, input: 2, output: 2}
+                    - {inputTokensAbove: -10, input: 2, output: 2}
+                    - {inputTokensAbove: 1e12, input: 2, output: 2}
+                    - {input: 2, output: 2, cache_read: 1}
+                    - {inputTokensAbove: 300000, input: "-2"}
+                    - 400000
+              b:
+                rates: {input: 1, output: 1, tiers: {inputTokensAbove: 5}}
+        """,
+    )
+    at = "prices.yaml:{}: providers.acme.models.{}.rates.tiers"
+    tier_fields = "inputTokensAbove, input, output, cacheRead, cacheWrite, reasoning"
+    assert problems(tmp_path, catalog_files=(path,)) == [
+        at.format(10, "a") + "[1].inputTokensAbove: 200000 is already the threshold of "
+        "providers.acme.models.a.rates.tiers[0]",
+        at.format(11, "a") + "[2].inputTokensAbove: must be a positive whole number of input tokens, got 0",
+        at.format(12, "a") + "[3].inputTokensAbove: must be a positive whole number of input tokens, got 1.5",
+        at.format(13, "a") + "[4].inputTokensAbove: must be a positive whole number of input tokens, got -10",
+        at.format(14, "a") + "[5].inputTokensAbove: is at most 4294967295 (2^32-1), got 1000000000000",
+        at.format(15, "a")
+        + f'[6].cache_read: unknown field (did you mean "cacheRead"?); expected one of: {tier_fields}',
+        at.format(15, "a") + "[6].inputTokensAbove: is required",
+        at.format(16, "a") + "[7].input: a rate must not be negative, got -2",
+        at.format(16, "a") + "[7].output: is required",
+        at.format(17, "a") + "[8]: must be a mapping, got 400000",
+        at.format(19, "b") + ": must be a list, got a mapping",
+    ]
 
 
 def test_invalid_catalog_text_is_reported_at_the_configmap_key(tmp_path):
