@@ -29,7 +29,7 @@ from extproc.store.windows import bucket_seconds_for
 from extproc.telemetry import Metrics, log
 from extproc.usage import LlmRequest, Usage, UsageStream, apis
 from extproc.usage.api import ApiCall
-from extproc.usage.encoding import DecodedStream, decode_body
+from extproc.usage.encoding import DecodedStream, decode_body, readable_encodings
 
 METADATA_NAMESPACE = "extproc.budgets"
 # Response content types that stream: SSE (OpenAI, Anthropic, Gemini) and Bedrock's frames.
@@ -124,10 +124,17 @@ class BudgetService:
         call = apis.identify(ex.headers.get(":path", ""), ex.headers.get(":authority", ""))
         ex.call = apis.override(call, api=route_budgets.api, provider=route_budgets.provider)
         ex.provider = ex.call.provider if ex.call else (route_budgets.provider or "")
+        reply = wire.CONTINUE_REQUEST_HEADERS
+        accepted = ex.headers.get("accept-encoding")
+        if ex.call is not None and accepted:
+            readable = readable_encodings(accepted)
+            if readable != accepted:
+                # A response in an encoding we cannot decode (zstd, say) would go uncounted.
+                reply = wire.set_request_headers({"accept-encoding": readable or "identity"})
         if msg.request_headers.end_of_stream:
             # No body will come (a GET, say): admit on what the headers tell.
-            return await self._admit(ex, wire.CONTINUE_REQUEST_HEADERS)
-        return wire.CONTINUE_REQUEST_HEADERS
+            return await self._admit(ex, reply)
+        return reply
 
     async def _request_body(self, ex: Exchange, msg: ProcessingRequest) -> ProcessingResponse:
         if ex.route_budgets is None or ex.admitted:

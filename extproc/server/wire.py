@@ -123,6 +123,15 @@ def immediate(status: int, headers: Mapping[str, str], body: bytes, details: str
     )
 
 
+def set_request_headers(headers: Mapping[str, str]) -> ProcessingResponse:
+    """A request-headers reply that overwrites (or adds) these headers."""
+    return ProcessingResponse(
+        request_headers=pb.HeadersResponse(
+            response=pb.CommonResponse(header_mutation=pb.HeaderMutation(set_headers=_header_options(headers.items())))
+        )
+    )
+
+
 def replace_request_body(body: bytes) -> ProcessingResponse:
     """A buffered request body replaced whole, with its content-length to match."""
     return ProcessingResponse(

@@ -478,3 +478,24 @@ def _brotli() -> ModuleType | None:
 def brotli_available() -> bool:
     """Whether `br` bodies can be decoded here (the brotli package, 1.2 or later)."""
     return _brotli() is not None
+
+
+def readable_encodings(accept_encoding: str) -> str:
+    """An `accept-encoding` value with the codings we cannot decode removed (q-values kept).
+
+    Returns the value unchanged when every coding is readable, so callers can compare.
+    """
+    kept = []
+    changed = False
+    for part in accept_encoding.split(","):
+        coding = part.split(";", 1)[0].strip().lower()
+        if not coding:
+            continue
+        if coding in _READABLE or (coding == "br" and brotli_available()):
+            kept.append(part.strip())
+        else:
+            changed = True
+    return ", ".join(kept) if changed else accept_encoding
+
+
+_READABLE = frozenset({"gzip", "x-gzip", "deflate", "identity", "*"})

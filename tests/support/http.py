@@ -10,8 +10,10 @@ chunks when `stream` is true, and the usage chunk (with empty `choices`) only wh
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +23,7 @@ class MockStats:
     requests: int = 0
     bodies: list[dict[str, Any]] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
 
 
 async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
@@ -87,12 +90,18 @@ class MockOpenAI:
             return
         self.stats.requests += 1
         self.stats.paths.append(path)
+        self.stats.headers.append(headers)
         try:
             req = json.loads(body) if body else {}
         except ValueError:
             _write(writer, 400, {"content-type": "application/json"}, b'{"error":{"message":"bad json"}}')
             return
         self.stats.bodies.append(req)
+        other = _other_api(path, req, headers)
+        if other is not None:
+            ctype, payload, streamed = other
+            await _send(writer, ctype, payload, streamed, headers.get("x-mock-encoding", ""))
+            return
         if headers.get("x-mock-malformed"):
             _write(writer, 200, {"content-type": "application/json"}, b'{"id":"x","usage":{"prompt_tok')
             return
@@ -128,6 +137,82 @@ class MockOpenAI:
             },
         }
         _write(writer, 200, {"content-type": "application/json"}, json.dumps(payload).encode())
+
+
+def _other_api(path: str, req: dict[str, Any], headers: dict[str, str]) -> tuple[str, bytes, bool] | None:
+    """Every API but chat completions, from the fixture builders: (content type, body, streamed)."""
+    from tests.support import fixtures_anthropic, fixtures_bedrock, fixtures_gemini, fixtures_openai
+
+    bare, _, query = path.partition("?")
+    p, c = (int(x) for x in headers.get("x-mock-usage", "10,20").split(","))
+    if bare.endswith("/v1/messages"):
+        model = req.get("model", "claude-sonnet-4-5")
+        if req.get("stream"):
+            return fixtures_anthropic.STREAM_CONTENT_TYPE, fixtures_anthropic.stream_body(model, p, c), True
+        return fixtures_anthropic.CONTENT_TYPE, fixtures_anthropic.response_body(model, p, c), False
+    if ":generateContent" in bare or ":streamGenerateContent" in bare:
+        model = bare.rsplit("/models/", 1)[1].split(":")[0]
+        if ":streamGenerateContent" in bare:
+            sse = "alt=sse" in query
+            ctype = fixtures_gemini.SSE_CONTENT_TYPE if sse else fixtures_gemini.ARRAY_STREAM_CONTENT_TYPE
+            return ctype, fixtures_gemini.stream_body(model, p, c, sse=sse), True
+        return fixtures_gemini.CONTENT_TYPE, fixtures_gemini.response_body(model, p, c), False
+    if "/model/" in bare and bare.endswith(("/converse", "/converse-stream")):
+        if bare.endswith("/converse-stream"):
+            return fixtures_bedrock.STREAM_CONTENT_TYPE, fixtures_bedrock.stream_body(p, c), True
+        return fixtures_bedrock.CONTENT_TYPE, fixtures_bedrock.response_body(p, c), False
+    model = req.get("model", "gpt-4o")
+    if bare.endswith("/responses"):
+        if req.get("stream"):
+            return fixtures_openai.SSE_CONTENT_TYPE, fixtures_openai.responses_stream(model, p, c), True
+        return fixtures_openai.JSON_CONTENT_TYPE, fixtures_openai.responses_response(model, p, c), False
+    if bare.endswith("/embeddings"):
+        return fixtures_openai.JSON_CONTENT_TYPE, fixtures_openai.embeddings_response(model, p), False
+    if bare.endswith("/completions") and not bare.endswith("/chat/completions"):
+        if req.get("stream"):
+            include = bool((req.get("stream_options") or {}).get("include_usage"))
+            body = fixtures_openai.completions_stream(model, p, c, include_usage=include)
+            return fixtures_openai.SSE_CONTENT_TYPE, body, True
+        return fixtures_openai.JSON_CONTENT_TYPE, fixtures_openai.completions_response(model, p, c), False
+    if bare.endswith("/chat/completions") and headers.get("x-mock-encoding"):
+        include = bool((req.get("stream_options") or {}).get("include_usage"))
+        if req.get("stream"):
+            body = fixtures_openai.chat_stream(model, p, c, include_usage=include)
+            return fixtures_openai.SSE_CONTENT_TYPE, body, True
+        return fixtures_openai.JSON_CONTENT_TYPE, fixtures_openai.chat_response(model, p, c), False
+    return None
+
+
+def compress(data: bytes, encoding: str) -> bytes:
+    if encoding == "gzip":
+        return gzip.compress(data)
+    if encoding == "deflate":
+        return zlib.compress(data)
+    if encoding == "br":
+        import brotli
+
+        return bytes(brotli.compress(data))
+    return data
+
+
+async def _send(writer: asyncio.StreamWriter, ctype: str, body: bytes, streamed: bool, encoding: str) -> None:
+    headers = {"content-type": ctype}
+    if encoding:
+        body = compress(body, encoding)
+        headers["content-encoding"] = encoding
+    if not streamed:
+        _write(writer, 200, headers, body)
+        return
+    head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in headers.items()
+    )
+    writer.write(head.encode() + b"\r\n")
+    for i in range(0, len(body), 37):  # cut at awkward places, as real upstreams do
+        part = body[i : i + 37]
+        writer.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+        await writer.drain()
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()
 
 
 def _response_model(model: str) -> str:

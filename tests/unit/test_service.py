@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+import structlog.testing
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
@@ -304,3 +305,52 @@ async def test_response_trailers_close_the_exchange_and_are_answered_in_kind(ser
     assert trailers.HasField("response_trailers")
     assert ex.finished
     assert (await exchange(service, 1, 1))[-1].HasField("immediate_response")  # the 2,100 tokens counted
+
+
+def estimating_config() -> Config:
+    base = demo_config()
+    policy = dataclasses.replace(base.policies[0], estimate_usage=True, provider="openai")
+    return dataclasses.replace(base, policies=(policy,))
+
+
+async def test_a_response_without_usage_is_estimated_from_sizes_only_when_the_policy_asks() -> None:
+    for config, counted in ((demo_config(), False), (estimating_config(), True)):
+        service = BudgetService(Snapshot(config), MemoryStore(), Metrics())
+        ex = Exchange()
+        await service.handle(
+            ex, headers_msg("request_headers", {":path": "/v1/chat/completions"}, "budget-demo")
+        )
+        await service.handle(ex, body_msg("request_body", request_body(max_tokens=10)))
+        await service.handle(
+            ex, headers_msg("response_headers", {":status": "200", "content-type": "application/json"})
+        )
+        reply = await service.handle(ex, body_msg("response_body", b'{"id":"x","choices":[]}' + b" " * 7976))
+        assert reply.HasField("dynamic_metadata") is counted
+        if counted:
+            meta = reply.dynamic_metadata.fields["extproc.budgets"].struct_value.fields
+            assert meta["output_tokens"].number_value == 2000  # 8,000 bytes / 4
+            assert service.metrics.estimated.labels("budget-demo")._value.get() == 1
+
+
+async def test_an_unparsed_api_is_admitted_counted_and_its_hold_released(service: BudgetService) -> None:
+    ex = Exchange()
+    await service.handle(ex, headers_msg("request_headers", {":path": "/v1/audio/speech"}, "budget-demo"))
+    reply = await service.handle(ex, body_msg("request_body", b'{"model":"tts-1","input":"hello"}'))
+    assert not reply.HasField("immediate_response")
+    assert ex.call is None
+    assert service.metrics.unparsed.labels("budget-demo")._value.get() == 1
+    await service.handle(
+        ex, headers_msg("response_headers", {":status": "200", "content-type": "audio/mpeg"})
+    )
+    await service.handle(ex, body_msg("response_body", b"ID3..."))
+    assert not ex.holding
+
+
+async def test_the_request_log_line_carries_the_cost_components(service: BudgetService) -> None:
+    with structlog.testing.capture_logs() as logs:
+        await exchange(service, 21, 683)
+    request = [x for x in logs if x["event"] == "request"][-1]
+    assert request["cost_components"] == {"input": "0.0000525", "output": "0.00683"}
+    assert request["gen_ai.usage.cost_usd"] == "0.0068825"
+    assert request["usage_source"] == "reported"
+    assert request["api"] == "openai.chat"

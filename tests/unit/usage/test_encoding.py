@@ -458,3 +458,19 @@ def test_a_gzipped_converse_stream_passes_through_with_its_usage() -> None:
     assert stream.usage == Usage(
         input_tokens=6000, output_tokens=350, cached_input_tokens=4000, cache_creation_input_tokens=800
     )
+
+
+@pytest.mark.parametrize(
+    ("offered", "kept"),
+    [
+        ("gzip, deflate, br", "gzip, deflate, br"),
+        ("gzip, deflate, br, zstd", "gzip, deflate, br"),
+        ("zstd;q=1.0, gzip;q=0.5", "gzip;q=0.5"),
+        ("zstd", ""),
+        ("identity", "identity"),
+    ],
+)
+def test_accept_encoding_keeps_only_codings_we_can_read(offered: str, kept: str) -> None:
+    from extproc.usage.encoding import readable_encodings
+
+    assert readable_encodings(offered) == kept
