@@ -127,7 +127,9 @@ def set_request_headers(headers: Mapping[str, str]) -> ProcessingResponse:
     """A request-headers reply that overwrites (or adds) these headers."""
     return ProcessingResponse(
         request_headers=pb.HeadersResponse(
-            response=pb.CommonResponse(header_mutation=pb.HeaderMutation(set_headers=_header_options(headers.items())))
+            response=pb.CommonResponse(
+                header_mutation=pb.HeaderMutation(set_headers=_header_options(headers.items()))
+            )
         )
     )
 
