@@ -18,6 +18,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from extproc.usage._body import count as _count
+from extproc.usage._body import first as _first
+from extproc.usage._body import load_object as _load_object
+from extproc.usage._body import optional_str as _optional_str
 from extproc.usage.api import ApiCall
 from extproc.usage.model import LlmRequest, RequestParse, ResponseParse, Usage
 from extproc.usage.sse import DEFAULT_MAX_PENDING, SseEvent, SseSplitter
@@ -249,27 +253,6 @@ def _normalised(counts: Mapping[str, int]) -> Usage:
     )
 
 
-def _count(obj: dict[str, Any], key: str, path: str, problems: list[str]) -> int | None:
-    """A non-negative integer field; None when absent or null, or (with a problem) wrong."""
-    value = obj.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        problems.append(f"{path} is not a non-negative integer")
-        return None
-    return value
-
-
-def _optional_str(obj: dict[str, Any], key: str, problems: list[str]) -> str | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        problems.append(f"{key} is not a string")
-        return None
-    return value or None
-
-
 def _model(obj: dict[str, Any]) -> str | None:
     value = obj.get("model")
     return value if isinstance(value, str) and value else None
@@ -279,20 +262,3 @@ def _first_byte(body: bytes) -> bytes:
     found = _LEADING.match(body)
     start = found.end() if found else 0
     return body[start : start + 1]
-
-
-def _load_object(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
-    if not body or body.isspace():
-        return None, "empty body"
-    try:
-        obj = json.loads(body)
-    except (ValueError, RecursionError):
-        # ValueError covers bad JSON, bad UTF-8 and over-long integer literals.
-        return None, "malformed JSON"
-    if not isinstance(obj, dict):
-        return None, "body is not a JSON object"
-    return obj, None
-
-
-def _first(problems: list[str]) -> str | None:
-    return problems[0] if problems else None

@@ -26,6 +26,9 @@ import json
 import re
 from typing import Any
 
+from extproc.usage._body import count as _count
+from extproc.usage._body import first as _first
+from extproc.usage._body import load_object as _load_object
 from extproc.usage.api import ApiCall
 from extproc.usage.eventstream import DEFAULT_MAX_MESSAGE_BYTES, EventStreamDecoder, Message
 from extproc.usage.model import LlmRequest, RequestParse, ResponseParse, Usage
@@ -263,31 +266,3 @@ def _usage(value: Any) -> tuple[Usage | None, str | None]:
         cache_creation_input_tokens=written,
     )
     return usage, _first(problems)
-
-
-def _count(obj: dict[str, Any], key: str, path: str, problems: list[str]) -> int | None:
-    """A non-negative integer field; None when absent or null, or (with a problem) wrong."""
-    value = obj.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        problems.append(f"{path} is not a non-negative integer")
-        return None
-    return value
-
-
-def _load_object(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
-    if not body or body.isspace():
-        return None, "empty body"
-    try:
-        obj = json.loads(body)
-    except (ValueError, RecursionError):
-        # ValueError covers bad JSON, bad UTF-8 and over-long integer literals.
-        return None, "malformed JSON"
-    if not isinstance(obj, dict):
-        return None, "body is not a JSON object"
-    return obj, None
-
-
-def _first(problems: list[str]) -> str | None:
-    return problems[0] if problems else None

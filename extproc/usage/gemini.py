@@ -24,6 +24,9 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from extproc.usage._body import count
+from extproc.usage._body import first as _first
+from extproc.usage._body import load_object as _load_object
 from extproc.usage.api import ApiCall
 from extproc.usage.model import LlmRequest, RequestParse, ResponseParse, Usage
 from extproc.usage.sse import DEFAULT_MAX_PENDING, SseEvent, SseSplitter
@@ -229,8 +232,8 @@ class GenerateContentStream:
             self._problem(problem)
         if not counts:
             return
-        for key, count in counts.items():
-            self._counts[key] = max(self._counts.get(key, 0), count)
+        for key, value in counts.items():
+            self._counts[key] = max(self._counts.get(key, 0), value)
         # Subset checks wait for `finish`: mid-stream, a chunk may not yet have every count.
         self.usage = _normalised(self._counts, [])
 
@@ -420,14 +423,7 @@ def _normalised(counts: Mapping[str, int], problems: list[str]) -> Usage:
 
 
 def _count(obj: dict[str, Any], key: str, problems: list[str], path: str | None = None) -> int | None:
-    """A non-negative integer field; None when absent or null, or (with a problem) wrong."""
-    value = obj.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        problems.append(f"{path or key} is not a non-negative integer")
-        return None
-    return value
+    return count(obj, key, path or key, problems)
 
 
 def _field(obj: dict[str, Any], camel: str, snake: str) -> Any:
@@ -454,20 +450,3 @@ def _skip(pattern: re.Pattern[Any], text: Any, pos: int) -> int:
     """Where a run of `pattern` (which matches the empty string too) starting at `pos` ends."""
     found = pattern.match(text, pos)
     return found.end() if found else pos
-
-
-def _load_object(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
-    if not body or body.isspace():
-        return None, "empty body"
-    try:
-        obj = json.loads(body)
-    except (ValueError, RecursionError):
-        # ValueError covers bad JSON, bad UTF-8 and over-long integer literals.
-        return None, "malformed JSON"
-    if not isinstance(obj, dict):
-        return None, "body is not a JSON object"
-    return obj, None
-
-
-def _first(problems: list[str]) -> str | None:
-    return problems[0] if problems else None

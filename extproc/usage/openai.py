@@ -29,6 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from extproc.usage._body import count as _count
+from extproc.usage._body import first as _first
+from extproc.usage._body import load_object as _load_object
+from extproc.usage._body import optional_str as _optional_str
 from extproc.usage.api import ApiCall
 from extproc.usage.model import LlmRequest, RequestParse, ResponseParse, Usage, UsageStream
 from extproc.usage.sse import DEFAULT_MAX_PENDING, SseEvent, SseSplitter
@@ -661,17 +665,6 @@ def _details(usage: dict[str, Any], key: str, problems: list[str]) -> dict[str, 
 # --- Fields ---------------------------------------------------------------------------------
 
 
-def _count(obj: dict[str, Any], key: str, path: str, problems: list[str]) -> int | None:
-    """A non-negative integer field; None when absent or null, or (with a problem) wrong."""
-    value = obj.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        problems.append(f"{path} is not a non-negative integer")
-        return None
-    return value
-
-
 def _max_tokens(obj: dict[str, Any], problems: list[str]) -> int | None:
     # `max_completion_tokens` replaced `max_tokens`; given both, the larger keeps a hold
     # from being too small.
@@ -686,33 +679,10 @@ def _choices(obj: dict[str, Any], keys: tuple[str, ...], problems: list[str]) ->
     return max([1, *(count for count in counts if count is not None)])
 
 
-def _optional_str(obj: dict[str, Any], key: str, problems: list[str]) -> str | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        problems.append(f"{key} is not a string")
-        return None
-    return value or None
-
-
 def _response_model(obj: dict[str, Any]) -> str | None:
     # Azure's first streamed chunk (prompt filter results) has `"model": ""`.
     value = obj.get("model")
     return value if isinstance(value, str) and value else None
-
-
-def _load_object(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
-    if not body or body.isspace():
-        return None, "empty body"
-    try:
-        obj = json.loads(body)
-    except (ValueError, RecursionError):
-        # ValueError covers bad JSON, bad UTF-8 and over-long integer literals.
-        return None, "malformed JSON"
-    if not isinstance(obj, dict):
-        return None, "body is not a JSON object"
-    return obj, None
 
 
 def _dump(obj: dict[str, Any]) -> bytes | None:
@@ -725,10 +695,6 @@ def _dump(obj: dict[str, Any]) -> bytes | None:
             return json.dumps(obj, separators=(",", ":")).encode()
     except RecursionError:
         return None
-
-
-def _first(problems: list[str]) -> str | None:
-    return problems[0] if problems else None
 
 
 API = OpenAiApi()
