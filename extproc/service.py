@@ -121,7 +121,7 @@ class BudgetService:
         ex.attributes = wire.attribute_strings(msg)
         ex.metadata = msg.metadata_context.filter_metadata
         route_budgets = ex.route_budgets
-        call = apis.identify(ex.headers.get(":path", ""), ex.headers.get(":authority", ""))
+        call = apis.identify(ex.headers.get(":path", ""), ex.headers.get(":authority", ""), ex.headers)
         ex.call = apis.override(call, api=route_budgets.api, provider=route_budgets.provider)
         ex.provider = ex.call.provider if ex.call else (route_budgets.provider or "")
         reply = wire.CONTINUE_REQUEST_HEADERS

@@ -8,6 +8,7 @@ route's policy overrides what the path says.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from urllib.parse import parse_qs, unquote
 
 from extproc.usage import anthropic, bedrock, gemini, openai
@@ -41,11 +42,17 @@ _DEFAULT_PROVIDER = {
 }
 
 
-def identify(path: str, host: str = "") -> ApiCall | None:
-    """The API call a request path names, or None for a path no parser reads."""
+def identify(path: str, host: str = "", headers: Mapping[str, str] | None = None) -> ApiCall | None:
+    """The API call a request path names, or None for a path no parser reads.
+
+    The host and headers only tell Azure OpenAI from OpenAI on the paths both serve: an
+    `*.openai.azure.com` host, or Azure's `api-key` header (OpenAI's is `authorization`).
+    """
     bare, _, query = path.partition("?")
     bare = bare.rstrip("/")
-    azure_host = host.split(":")[0].endswith((".openai.azure.com", ".cognitiveservices.azure.com"))
+    azure_host = host.split(":")[0].endswith((".openai.azure.com", ".cognitiveservices.azure.com")) or (
+        headers is not None and "api-key" in headers
+    )
     if m := _AZURE_DEPLOYMENT.search(bare):
         op = {"chat/completions": "openai.chat", "completions": "openai.completions"}.get(
             m["op"], "openai.embeddings"

@@ -107,3 +107,12 @@ def test_azure_before_2024_09_01_gets_no_stream_options_and_later_versions_do() 
     assert API.parse_request(body, new).injected_usage
     assert API.parse_request(body, preview).injected_usage
     assert API.parse_request(body, identify("/v1/chat/completions") or new).injected_usage
+
+
+def test_azures_api_key_header_tells_azure_from_openai_on_shared_paths() -> None:
+    assert identify("/v1/chat/completions", "gw.internal", {"api-key": "k"}) == ApiCall(
+        "openai.chat", "azure"
+    )
+    assert identify("/v1/chat/completions", "gw.internal", {"authorization": "Bearer k"}) == ApiCall(
+        "openai.chat", "openai"
+    )
