@@ -60,6 +60,9 @@ class Exchange:
     """The state of one HTTP request/response through the filter."""
 
     started: float = field(default_factory=time.monotonic)
+    # The configuration this exchange began under: a reload mid-request does not change
+    # which entries it was admitted against and is charged to.
+    snapshot: Snapshot | None = None
     route: str = ""
     route_budgets: RouteBudgets | None = None
     headers: dict[str, str] = field(default_factory=dict)
@@ -114,7 +117,8 @@ class BudgetService:
 
     async def _request_headers(self, ex: Exchange, msg: ProcessingRequest) -> ProcessingResponse:
         ex.route = wire.route_name(msg) or ""
-        ex.route_budgets = self.snapshot.index.for_route(ex.route)
+        ex.snapshot = self.snapshot
+        ex.route_budgets = ex.snapshot.index.for_route(ex.route)
         if ex.route_budgets is None:
             return wire.UNTOUCHED_REQUEST_HEADERS
         ex.headers = wire.header_map(msg.request_headers.headers)
@@ -173,7 +177,7 @@ class BudgetService:
         ex.admitted = True
         route_budgets = ex.route_budgets
         assert route_budgets is not None
-        snap = self.snapshot
+        snap = ex.snapshot or self.snapshot
         dims = resolve(
             snap.config.dimensions,
             headers=ex.headers,
@@ -235,7 +239,9 @@ class BudgetService:
                 holds.append(estimate.total_tokens)
             else:
                 if nanos is None:
-                    nanos = self.snapshot.catalog.price(estimate, req.model, ex.provider).nanos
+                    nanos = (
+                        (ex.snapshot or self.snapshot).catalog.price(estimate, req.model, ex.provider).nanos
+                    )
                 holds.append(nanos)
         return holds
 
@@ -329,7 +335,7 @@ class BudgetService:
                     reason=reason or problem or "no usage",
                 )
             return None
-        price = self.snapshot.catalog.price(usage, model, ex.provider)
+        price = (ex.snapshot or self.snapshot).catalog.price(usage, model, ex.provider)
         if price.status is LookupStatus.UNPRICED:
             self.metrics.unpriced.labels(model or "").inc()
             log.warning("model not in catalog; priced at $0", model=model, provider=ex.provider)
