@@ -7,14 +7,17 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from extproc.config import load_config
+from extproc.config import Config, Problem, load_config
+from extproc.config.watch import ConfigWatcher, fingerprint
 from extproc.server.admin import AdminServer
 from extproc.server.grpc import build_server, mark_serving
 from extproc.service import BudgetService, Settings, Snapshot
+from extproc.spend import spend_rows
 from extproc.store import open_store
 from extproc.telemetry import Metrics, configure_logging, log
 
@@ -29,6 +32,8 @@ class ServeOptions:
     workers: int = 1
     store_timeout_ms: int = 50
     log_level: str = "info"
+    # Seconds between looks at the configuration files for changes; 0 turns reloading off.
+    reload_interval: float = 1.0
     settings: Settings = field(default_factory=Settings)
 
 
@@ -37,20 +42,48 @@ def _split_address(address: str) -> tuple[str, int]:
     return (host.strip("[]") or "0.0.0.0"), int(port)
 
 
+def _config_counts(config: Config) -> dict[str, int]:
+    return {
+        "sources": len(config.sources),
+        "budgets": len(config.budgets),
+        "entries": sum(len(b.entries) for b in config.budgets),
+        "policies": len(config.policies),
+    }
+
+
+class LiveConfiguration:
+    """Applies a reloaded configuration to the running service, or keeps the last good one.
+
+    Applying is one attribute store on the event loop, so it lands between requests; an
+    exchange already under way keeps the snapshot it began with (see `Exchange.snapshot`).
+    Spend carries over: it is keyed by entry identity and subject, never by the limit.
+    """
+
+    def __init__(self, service: BudgetService, metrics: Metrics) -> None:
+        self.service = service
+        self.metrics = metrics
+
+    def apply(self, config: Config) -> None:
+        # The catalog is rebuilt with the rest: its lookups are lazy, so this is cheap.
+        self.service.snapshot = Snapshot(config)
+        self.metrics.config_reloads.labels("applied").inc()
+        log.info("configuration reloaded", **_config_counts(config))
+
+    def reject(self, problems: list[Problem] | Exception) -> None:
+        self.metrics.config_reloads.labels("rejected").inc()
+        reasons = [str(p) for p in problems] if isinstance(problems, list) else [repr(problems)]
+        log.error("configuration reload rejected; keeping the last good configuration", problems=reasons)
+
+
 async def serve(opts: ServeOptions, *, stop: asyncio.Event | None = None) -> None:
     """Run one sidecar process until `stop` is set or SIGTERM/SIGINT arrives."""
+    # Fingerprinted before loading, so an edit made while starting up is reloaded, not missed.
+    loaded_from = fingerprint(opts.config_paths, opts.catalog_files) if opts.reload_interval > 0 else None
     config = load_config(opts.config_paths, opts.catalog_files)
     snapshot = Snapshot(config)
     providers, models = snapshot.catalog.summary
     log.info("loaded model catalog", providers=providers, models=models, builtin="genai-prices")
-    entries = sum(len(b.entries) for b in config.budgets)
-    log.info(
-        "loaded configuration",
-        sources=len(config.sources),
-        budgets=len(config.budgets),
-        entries=entries,
-        policies=len(config.policies),
-    )
+    log.info("loaded configuration", **_config_counts(config))
     # The store raises when Redis is unreachable; each route's policy (failureMode)
     # decides what admission does then. Spend recorded meanwhile is kept and replayed.
     store = open_store(opts.redis_url, fail_open=False, timeout_seconds=opts.store_timeout_ms / 1000)
@@ -65,16 +98,34 @@ async def serve(opts: ServeOptions, *, stop: asyncio.Event | None = None) -> Non
             return False, f"spend store: {exc}"
         return ok, "ready" if ok else "spend store not reachable"
 
-    admin = AdminServer(metrics.registry, ready)
+    async def spend_report() -> list[dict[str, str | int]]:
+        # The running configuration and this sidecar's own store: in-memory spend included.
+        rows = await spend_rows(service.snapshot.config, store, time.time())
+        return [row.as_dict() for row in rows]
+
+    admin = AdminServer(metrics.registry, ready, spend_report)
     admin_host, admin_port = _split_address(opts.admin_address)
     bound_admin = await admin.start(admin_host, admin_port)
     await server.start()
     await mark_serving(health_servicer, True)
+    watcher: ConfigWatcher | None = None
+    if loaded_from is not None:
+        live = LiveConfiguration(service, metrics)
+        watcher = ConfigWatcher(
+            opts.config_paths,
+            opts.catalog_files,
+            live.apply,
+            live.reject,
+            opts.reload_interval,
+            loaded_from=loaded_from,
+        )
+        watcher.start()
     log.info(
         "serving",
         grpc_port=port,
         admin_port=bound_admin,
         store="redis" if opts.redis_url else "memory",
+        reload_interval=opts.reload_interval,
         pid=os.getpid(),
     )
     stop = stop or asyncio.Event()
@@ -84,6 +135,8 @@ async def serve(opts: ServeOptions, *, stop: asyncio.Event | None = None) -> Non
             loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
+    if watcher is not None:
+        await watcher.stop()
     await mark_serving(health_servicer, False)
     await server.stop(grace=5)
     await admin.stop()

@@ -46,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
         "--hold-lease-seconds", type=int, default=int(_env("HOLD_LEASE_SECONDS", "300") or 300)
     )
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
+    serve.add_argument(
+        "--reload-interval",
+        type=float,
+        default=float(_env("RELOAD_INTERVAL", "1.0") or 1.0),
+        metavar="SECONDS",
+        help="how often to look for configuration changes and apply them; 0 disables reloading",
+    )
 
     check = sub.add_parser("check", help="validate configuration files")
     check.add_argument("paths", nargs="+")
@@ -63,7 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     price.add_argument("--catalog", action="append", default=[], metavar="FILE")
 
     spend = sub.add_parser("spend", help="spend, limit, remaining and reset of each budget entry")
-    spend.add_argument("--config", nargs="+", action="extend", required=True, metavar="PATH")
+    spend.add_argument("--config", nargs="+", action="extend", default=[], metavar="PATH")
+    spend.add_argument(
+        "--sidecar",
+        metavar="URL",
+        help="ask a running sidecar's admin address (e.g. http://127.0.0.1:9090) instead of reading a store",
+    )
     spend.add_argument("--catalog", action="append", default=[], metavar="FILE")
     spend.add_argument("--redis-url", default=_env("REDIS_URL"))
     return parser
@@ -98,6 +110,7 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         store_timeout_ms=args.store_timeout_ms,
         log_level=args.log_level,
+        reload_interval=args.reload_interval,
         settings=Settings(hold_lease_seconds=args.hold_lease_seconds),
     )
     # Fail fast with file:line problems before binding anything.
@@ -138,13 +151,18 @@ def _price(args: argparse.Namespace) -> int:
 
 
 def _spend(args: argparse.Namespace) -> int:
-    from extproc.spend import spend_table
+    from extproc.spend import HEADER, fetch_rows, spend_table
 
-    config = load_config(args.config, args.catalog)
-    rows = asyncio.run(spend_table(config, args.redis_url, time.time()))
-    header = ("BUDGET", "SUBJECT", "UNIT", "WINDOW", "ACTION", "SPEND", "LIMIT", "REMAINING", "RESET(s)")
-    table = [header, *rows]
-    widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
+    if args.sidecar:
+        rows = fetch_rows(args.sidecar)
+    elif args.config:
+        config = load_config(args.config, args.catalog)
+        rows = asyncio.run(spend_table(config, args.redis_url, time.time()))
+    else:
+        print("extproc spend: give --config PATH... (with --redis-url) or --sidecar URL", file=sys.stderr)
+        return 2
+    table = [HEADER, *(row.cells() for row in rows)]
+    widths = [max(len(str(r[i])) for r in table) for i in range(len(HEADER))]
     for row in table:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return 0

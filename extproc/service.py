@@ -160,7 +160,7 @@ class BudgetService:
                     path=ex.headers.get(":path", "").split("?")[0],
                     bytes=len(body),
                 )
-            return await self._admit(ex, reply)
+            return await self._admit(ex, reply, body)
         parsed = apis.reader(ex.call).parse_request(body, ex.call)
         if parsed.problem:
             self.metrics.parse_problems.labels("request", parsed.problem).inc()
@@ -171,9 +171,11 @@ class BudgetService:
         if parsed.rewritten_body is not None:
             ex.injected_usage = parsed.injected_usage
             reply = wire.replace_request_body(parsed.rewritten_body)
-        return await self._admit(ex, reply)
+        return await self._admit(ex, reply, body)
 
-    async def _admit(self, ex: Exchange, reply: ProcessingResponse) -> ProcessingResponse:
+    async def _admit(self, ex: Exchange, reply: ProcessingResponse, body: bytes = b"") -> ProcessingResponse:
+        """Resolve the subject (`body`: the request body as the client sent it, for body
+        dimensions), match the entries, and ask the store to admit."""
         ex.admitted = True
         route_budgets = ex.route_budgets
         assert route_budgets is not None
@@ -184,8 +186,17 @@ class BudgetService:
             metadata=ex.metadata,
             attributes=ex.attributes,
             builtins={"model": ex.request.model, "provider": ex.provider, "route": ex.route},
+            body=body,
         )
-        ex.charges = budgets.match(route_budgets.resources, dims)
+        matching = budgets.match_request(route_budgets.resources, dims)
+        if matching.capped:
+            log.warning(
+                "subject combinations capped",
+                route=ex.route,
+                budget_ids=list(matching.capped),
+                charged_per_entry=budgets.MAX_COMBINATIONS,
+            )
+        ex.charges = list(matching.charges)
         if not ex.charges:
             return reply
         ex.counters = [counter_for(c) for c in ex.charges]

@@ -2,15 +2,39 @@
 
 from __future__ import annotations
 
+import json
+import urllib.request
+from dataclasses import dataclass
 from decimal import Decimal
 
-from extproc.budgets import Charge
+from extproc.budgets import Charge, parse_subject
 from extproc.catalog import format_usd
 from extproc.config.model import NANOS_PER_USD, WILDCARD, BudgetEntry, Config, Unit
 from extproc.service import counter_for
-from extproc.store import open_store
+from extproc.store import SpendStore, open_store
 
-Row = tuple[str, str, str, str, str, str, str, str, str]
+HEADER = ("BUDGET", "SUBJECT", "UNIT", "WINDOW", "ACTION", "SPEND", "LIMIT", "REMAINING", "RESET(s)")
+
+
+@dataclass(frozen=True, slots=True)
+class SpendRow:
+    """One entry and subject: what `extproc spend` prints and the admin `/spend` returns."""
+
+    budget_id: str
+    subject: str
+    unit: str
+    window: str
+    action: str
+    spend: str
+    limit: str
+    remaining: str
+    reset_seconds: int
+
+    def cells(self) -> tuple[str, ...]:
+        return (*(str(getattr(self, f)) for f in self.__slots__),)  # type: ignore[attr-defined]
+
+    def as_dict(self) -> dict[str, str | int]:
+        return {f: getattr(self, f) for f in self.__slots__}  # type: ignore[attr-defined]
 
 
 def _amount(entry: BudgetEntry, units: int) -> str:
@@ -19,45 +43,51 @@ def _amount(entry: BudgetEntry, units: int) -> str:
     return str(units)
 
 
-def _subject_values(counter_id: str) -> tuple[tuple[str, str], ...]:
-    subject = counter_id.split("|", 1)[1] if "|" in counter_id else ""
-    pairs = [p.split("=", 1) for p in subject.split(",") if "=" in p]
-    return tuple((k, v) for k, v in pairs)
-
-
-async def spend_table(config: Config, redis_url: str | None, now: float) -> list[Row]:
+async def spend_table(config: Config, redis_url: str | None, now: float) -> list[SpendRow]:
+    """The rows from the spend store at `redis_url` (a fresh in-memory store without one)."""
     store = open_store(redis_url)
     try:
-        charges: list[Charge] = []
-        for resource in config.budgets:
-            for entry in resource.entries:
-                exact = Charge(entry=entry, values=tuple(sorted(entry.subject.items())))
-                if WILDCARD not in entry.subject.values():
-                    charges.append(exact)
-                    continue
-                # A "*" entry has one allowance per value seen: list each one.
-                prefix = exact.counter_id.split("|", 1)[0] + "|"
-                for counter_id in sorted(await store.counters_seen(prefix)):
-                    charges.append(Charge(entry=entry, values=_subject_values(counter_id)))
-        counters = [counter_for(c) for c in charges]
-        states = await store.read(counters, now) if counters else ()
-        rows: list[Row] = []
-        for charge, state in zip(charges, states, strict=True):
-            e = charge.entry
-            remaining = max(0, e.limit_units - state.spend - state.held)
-            rows.append(
-                (
-                    e.budget_id,
-                    ",".join(f"{k}={v}" for k, v in charge.values) or "-",
-                    e.unit.value,
-                    e.window.value,
-                    e.action.value,
-                    _amount(e, state.spend),
-                    _amount(e, e.limit_units),
-                    _amount(e, remaining),
-                    str(state.reset_seconds),
-                )
-            )
-        return rows
+        return await spend_rows(config, store, now)
     finally:
         await store.close()
+
+
+async def spend_rows(config: Config, store: SpendStore, now: float) -> list[SpendRow]:
+    """Every entry of the configuration, and for `"*"` entries every subject seen."""
+    charges: list[Charge] = []
+    for resource in config.budgets:
+        for entry in resource.entries:
+            exact = Charge(entry=entry, values=tuple(sorted(entry.subject.items())))
+            if WILDCARD not in entry.subject.values():
+                charges.append(exact)
+                continue
+            # A "*" entry has one allowance per value seen: list each one.
+            prefix = exact.counter_id.split("|", 1)[0] + "|"
+            for counter_id in sorted(await store.counters_seen(prefix)):
+                charges.append(Charge(entry=entry, values=parse_subject(counter_id)))
+    counters = [counter_for(c) for c in charges]
+    states = await store.read(counters, now) if counters else ()
+    rows: list[SpendRow] = []
+    for charge, state in zip(charges, states, strict=True):
+        e = charge.entry
+        remaining = max(0, e.limit_units - state.spend - state.held)
+        rows.append(
+            SpendRow(
+                budget_id=e.budget_id,
+                subject=",".join(f"{k}={v}" for k, v in charge.values) or "-",
+                unit=e.unit.value,
+                window=e.window.value,
+                action=e.action.value,
+                spend=_amount(e, state.spend),
+                limit=_amount(e, e.limit_units),
+                remaining=_amount(e, remaining),
+                reset_seconds=state.reset_seconds,
+            )
+        )
+    return rows
+
+
+def fetch_rows(admin_url: str, timeout: float = 5.0) -> list[SpendRow]:
+    """The rows a running sidecar reports on its admin address (`GET /spend`)."""
+    with urllib.request.urlopen(admin_url.rstrip("/") + "/spend", timeout=timeout) as response:
+        return [SpendRow(**row) for row in json.load(response)]

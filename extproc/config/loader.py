@@ -9,6 +9,7 @@ each node's line; the checks then walk a small tree of `_Map`/`_Seq`/`_Scalar` n
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import enum
 import json
@@ -26,6 +27,7 @@ import yaml
 from extproc.catalog.model import CatalogDocument, UserRates, UserTier
 from extproc.config.errors import ConfigError, Problem
 from extproc.config.model import (
+    API_KEY_HEADERS,
     API_NAMES,
     NANOS_PER_USD,
     Action,
@@ -63,6 +65,7 @@ _MAX_TOKENS = 2**32 - 1
 _MAX_USD = Decimal(2**63 - 1).scaleb(-9)
 _NANO_DIGITS = len(str(NANOS_PER_USD)) - 1
 _BUILT_IN_DIMENSIONS = ("model", "provider", "route")
+_SPLIT = "split"
 _HEADER_NAME = re.compile(r"^:?[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token; `:` for pseudo-headers
 _GATEWAY_API_GROUP = "gateway.networking.k8s.io"
 _NULL_TAG = "tag:yaml.org,2002:null"
@@ -816,37 +819,101 @@ def _dimension(r: _Reporter, key: str, node: _Node, path: str) -> Dimension | No
     if spec is None:
         return None
     sources = [source.value for source in DimensionSource]
-    r.only(spec, path, sources)
+    r.only(spec, path, [*sources, _SPLIT])
     given = [source for source in sources if source in spec.fields]
     if len(given) != 1:
         r.add(spec.line, path, f"set exactly one of: {', '.join(sources)}")
         return None
     source = DimensionSource(given[0])
     source_path = f"{path}.{source.value}"
+    before = r.count()
+    split = _split(r, spec, path, source)
     value = r.get(spec, source.value, path, required=True)
-    if source is DimensionSource.METADATA:
-        metadata = r.mapping(value, source_path)
-        r.only(metadata, source_path, ("namespace", "path"))
-        namespace = r.string(
-            r.get(metadata, "namespace", source_path, required=True), f"{source_path}.namespace"
-        )
-        keys_node = r.sequence(r.get(metadata, "path", source_path, required=True), f"{source_path}.path")
-        if keys_node is not None and not keys_node.items:
-            r.add(keys_node.line, f"{source_path}.path", "needs at least one key")
+    dimension: Dimension | None
+    if source is DimensionSource.API_KEY:
+        dimension = _api_key_dimension(r, key, value, source_path)
+    elif source is DimensionSource.METADATA:
+        dimension = _metadata_dimension(r, key, value, source_path)
+    elif source is DimensionSource.BODY:
+        keys = _field_path(r, value, source_path)
+        dimension = None if keys is None else Dimension(key, source, "", keys)
+    else:
+        dimension = _named_dimension(r, key, source, value, source_path)
+    if dimension is None or r.count() != before:
+        return None
+    return dataclasses.replace(dimension, split=split) if split is not None else dimension
+
+
+def _split(r: _Reporter, spec: _Map, path: str, source: DimensionSource) -> str | None:
+    """`split: ","`: the separator that cuts one string into several values."""
+    node = r.get(spec, _SPLIT, path)
+    if node is None:
+        return None
+    split_path = _join(path, _SPLIT)
+    if source is DimensionSource.API_KEY:
+        r.add(spec.key_lines[_SPLIT], split_path, "an API key is one value and cannot be split")
+        return None
+    return r.string(node, split_path)
+
+
+def _metadata_dimension(r: _Reporter, key: str, value: _Node | None, path: str) -> Dimension | None:
+    metadata = r.mapping(value, path)
+    r.only(metadata, path, ("namespace", "path"))
+    namespace = r.string(r.get(metadata, "namespace", path, required=True), f"{path}.namespace")
+    keys = _field_path(r, r.get(metadata, "path", path, required=True), f"{path}.path")
+    if namespace is None or keys is None:
+        return None
+    return Dimension(key, DimensionSource.METADATA, namespace, keys)
+
+
+def _field_path(r: _Reporter, node: _Node | None, path: str) -> tuple[str, ...] | None:
+    """A path of object keys into a struct or a JSON body: `[jwt_payload, sub]`."""
+    items = r.sequence(node, path)
+    if items is None:
+        return None
+    if not items.items:
+        r.add(items.line, path, "needs at least one key")
+        return None
+    keys = [r.string(item, f"{path}[{i}]") for i, item in enumerate(items.items)]
+    if any(k is None for k in keys):
+        return None
+    return tuple(k for k in keys if k is not None)
+
+
+def _api_key_dimension(r: _Reporter, key: str, value: _Node | None, path: str) -> Dimension | None:
+    """`apiKey: {header: x-api-key}`; `apiKey: {}` reads `authorization`."""
+    options = r.mapping(value, path)
+    if options is None:
+        return None
+    r.only(options, path, ("header",))
+    header_node = r.get(options, "header", path)
+    header = API_KEY_HEADERS[0]
+    if header_node is not None:
+        given = r.string(header_node, f"{path}.header")
+        if given is None:
             return None
-        keys = [
-            r.string(item, f"{source_path}.path[{i}]")
-            for i, item in enumerate(keys_node.items if keys_node else ())
-        ]
-        if namespace is None or keys_node is None or any(k is None for k in keys):
+        header = given.lower()
+        if header not in API_KEY_HEADERS:
+            r.add(
+                header_node.line,
+                f"{path}.header",
+                f'"{given}" is not a header that carries an API key; expected one of: '
+                f"{', '.join(API_KEY_HEADERS)}",
+            )
             return None
-        return Dimension(key, source, namespace, tuple(k for k in keys if k is not None))
-    name = r.string(value, source_path)
+    return Dimension(key, DimensionSource.API_KEY, header)
+
+
+def _named_dimension(
+    r: _Reporter, key: str, source: DimensionSource, value: _Node | None, path: str
+) -> Dimension | None:
+    """A header or attribute dimension: a name."""
+    name = r.string(value, path)
     if name is None or value is None:
         return None
     if source is DimensionSource.HEADER:
         if not _HEADER_NAME.match(name):
-            r.add(value.line, source_path, f'"{name}" is not an HTTP header name')
+            r.add(value.line, path, f'"{name}" is not an HTTP header name')
             return None
         name = name.lower()  # Envoy hands ext_proc header names in lower case
     return Dimension(key, source, name)

@@ -173,6 +173,13 @@ class DimensionSource(enum.Enum):
     HEADER = "header"
     METADATA = "metadata"
     ATTRIBUTE = "attribute"
+    BODY = "body"
+    API_KEY = "apiKey"
+
+
+# The headers an API key may arrive in: OpenAI/Anthropic-style bearer tokens, Anthropic's
+# and many gateways' `x-api-key`, Azure OpenAI's `api-key`, Gemini's `x-goog-api-key`.
+API_KEY_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,10 +189,14 @@ class Dimension:
     key: str
     source: DimensionSource
     # header: the lower-case header name; attribute: the attribute name;
-    # metadata: the filter-metadata namespace.
+    # metadata: the filter-metadata namespace; apiKey: the lower-case header the key is
+    # read from (one of API_KEY_HEADERS); body: unused ("").
     name: str
-    # metadata only: the path inside that namespace's struct.
+    # metadata: the path inside that namespace's struct; body: the path inside the JSON body.
     path: tuple[str, ...] = ()
+    # When set, a string value is split on it into several values (`x-groups: eng, ml`);
+    # otherwise a header value with commas is one value. Never set for apiKey.
+    split: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

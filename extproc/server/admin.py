@@ -1,4 +1,4 @@
-"""The read-only admin HTTP endpoint: /metrics, /healthz, /readyz.
+"""The read-only admin HTTP endpoint: /metrics, /healthz, /readyz, /spend.
 
 A few GET routes do not earn a web framework: this is a small HTTP/1.1 responder on
 asyncio streams, one request per connection.
@@ -7,6 +7,7 @@ asyncio streams, one request per connection.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -14,12 +15,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from extproc.telemetry import log
 
 ReadyCheck = Callable[[], Awaitable[tuple[bool, str]]]
+SpendReport = Callable[[], Awaitable[list[dict[str, str | int]]]]
 
 
 class AdminServer:
-    def __init__(self, registry: CollectorRegistry, ready: ReadyCheck) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, ready: ReadyCheck, spend: SpendReport | None = None
+    ) -> None:
         self.registry = registry
         self.ready = ready
+        self.spend = spend
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -67,4 +72,6 @@ class AdminServer:
         if path == "/readyz":
             ok, why = await self.ready()
             return (200 if ok else 503), "text/plain", (why + "\n").encode()
+        if path == "/spend" and self.spend is not None:
+            return 200, "application/json", json.dumps(await self.spend()).encode()
         return 404, "text/plain", b"not found\n"

@@ -112,3 +112,35 @@ def test_workers_without_redis_are_refused(tmp_path) -> None:
     )
     assert proc.returncode == 2
     assert "several workers need a shared spend store" in proc.stdout
+
+
+async def test_spend_can_be_read_from_a_running_in_memory_sidecar(upstream) -> None:
+    sidecar = Sidecar([str(ROOT / "examples")])
+    envoy = Envoy(upstream.port, [sidecar.grpc_port])
+    client = HttpClient("127.0.0.1", envoy.port)
+    try:
+        assert (await call(client, (21, 683))).status == 200
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "extproc.cli",
+                "spend",
+                "--sidecar",
+                f"http://127.0.0.1:{sidecar.admin_port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+    finally:
+        await client.close()
+        envoy.stop()
+        sidecar.stop()
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()[1:]}
+    tokens = rows["agentgateway-system/budget-demo/demo-token-block"]
+    assert tokens[5:8] == ["704", "2000", "1296"]
+    usd = rows["agentgateway-system/budget-demo/demo-usd-audit"]
+    assert usd[5] == "0.0068825"

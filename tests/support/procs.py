@@ -132,16 +132,24 @@ class Sidecar(Proc):
 
 
 def render_envoy_config(
-    listen_port: int, admin_port: int, upstream_port: int, extproc_ports: list[int]
+    listen_port: int,
+    admin_port: int,
+    upstream_port: int,
+    extproc_ports: list[int],
+    template: str = "envoy.yaml",
+    values: dict[str, str] | None = None,
 ) -> str:
+    """`envoy/<template>` with its placeholders filled; `values` fills any beyond the
+    four every config has (envoy-jwt.yaml's `JWKS`)."""
     endpoints = json.dumps(
         [
             {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}
             for p in extproc_ports
         ]
     )
-    template = Template((ROOT / "envoy" / "envoy.yaml").read_text())
-    return template.substitute(
+    text = Template((ROOT / "envoy" / template).read_text())
+    return text.substitute(
+        values or {},
         LISTEN_PORT=listen_port,
         ADMIN_PORT=admin_port,
         UPSTREAM_PORT=upstream_port,
@@ -151,14 +159,21 @@ def render_envoy_config(
 
 class Envoy(Proc):
     def __init__(
-        self, upstream_port: int, extproc_ports: list[int], transform: Callable[[str], str] | None = None
+        self,
+        upstream_port: int,
+        extproc_ports: list[int],
+        transform: Callable[[str], str] | None = None,
+        template: str = "envoy.yaml",
+        values: dict[str, str] | None = None,
     ) -> None:
         self.config_path = Path(tempfile.mkstemp(prefix="envoy-", suffix=".yaml")[1])
 
         def argv() -> list[str]:
             self.port = free_port()
             self.admin_port = free_port()
-            text = render_envoy_config(self.port, self.admin_port, upstream_port, extproc_ports)
+            text = render_envoy_config(
+                self.port, self.admin_port, upstream_port, extproc_ports, template, values
+            )
             self.config_path.write_text(transform(text) if transform is not None else text)
             return [
                 envoy_binary(), "-c", str(self.config_path), "--log-level", "warn",

@@ -7,7 +7,15 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from extproc.budgets import BudgetIndex, Charge, match, route_matches
+from extproc.budgets import (
+    MAX_COMBINATIONS,
+    BudgetIndex,
+    Charge,
+    match,
+    match_request,
+    parse_subject,
+    route_matches,
+)
 from extproc.config.model import (
     Action,
     BudgetEntry,
@@ -53,6 +61,11 @@ def names(charges: list[Charge]) -> list[str]:
     return [c.entry.name for c in charges]
 
 
+def charged(charges: list[Charge]) -> list[tuple[str, tuple[tuple[str, str], ...]]]:
+    """Each charge as (entry name, subject values)."""
+    return [(c.entry.name, c.values) for c in charges]
+
+
 def test_exact_entry_overrides_wildcard_on_the_same_key() -> None:
     assert names(match([TEAMS], {"group": "engineering"})) == ["eng-monthly"]
     assert names(match([TEAMS], {"group": "product"})) == ["product-monthly"]
@@ -60,13 +73,13 @@ def test_exact_entry_overrides_wildcard_on_the_same_key() -> None:
 
 def test_wildcard_watches_groups_without_an_entry_of_their_own() -> None:
     charges = match([TEAMS], {"group": "design"})
-    assert names(charges) == ["everyone-else"]
-    assert charges[0].values == (("group", "design"),)
+    assert charged(charges) == [("everyone-else", (("group", "design"),))]
 
 
 def test_missing_or_empty_dimension_matches_no_subject_entry() -> None:
     assert match([TEAMS], {}) == []
     assert match([TEAMS], {"group": ""}) == []
+    assert match([TEAMS], {"group": ("", "")}) == []
 
 
 def test_wildcard_gives_each_value_its_own_allowance() -> None:
@@ -100,7 +113,7 @@ def test_override_is_within_one_resource_only() -> None:
     assert sorted(names(match([TEAMS, other], {"group": "engineering"}))) == ["eng-monthly", "org-wide"]
 
 
-@given(value=st.text(min_size=1, max_size=8))
+@given(value=st.text(min_size=1, max_size=8).filter(lambda v: v != "*"))
 def test_an_exact_entry_always_overrides_star_on_its_key(value: str) -> None:
     res = BudgetResource("ai", "r", (entry("exact", {"k": value}, "r"), entry("star", {"k": "*"}, "r")))
     assert names(match([res], {"k": value})) == ["exact"]
@@ -110,6 +123,171 @@ def test_an_exact_entry_always_overrides_star_on_its_key(value: str) -> None:
 def test_no_request_is_charged_twice_to_one_entry(dims: dict[str, str]) -> None:
     ids = [c.entry.budget_id for c in match([TEAMS], dims)]
     assert len(ids) == len(set(ids))
+
+
+# --- list-valued dimensions ---------------------------------------------------------
+
+
+def test_an_exact_entry_applies_when_its_value_is_among_the_requests_values() -> None:
+    assert names(match([TEAMS], {"group": ("engineering", "product")})) == ["eng-monthly", "product-monthly"]
+
+
+def test_the_override_applies_value_by_value() -> None:
+    # engineering has its own entry; design is watched by everyone-else.
+    assert charged(match([TEAMS], {"group": ("engineering", "design")})) == [
+        ("eng-monthly", (("group", "engineering"),)),
+        ("everyone-else", (("group", "design"),)),
+    ]
+
+
+def test_a_star_entry_is_charged_once_per_value_to_each_values_own_allowance() -> None:
+    res = BudgetResource("ai", "groups", (entry("per-group", {"group": "*"}, "groups"),))
+    charges = match([res], {"group": ("ml", "eng", "ml", "")})
+    assert [c.counter_id for c in charges] == [
+        "ai/groups/per-group:USD:Month|group=eng",
+        "ai/groups/per-group:USD:Month|group=ml",
+    ]
+    # The same allowance a request with the single value is charged to.
+    assert match([res], {"group": "ml"})[0].counter_id == charges[1].counter_id
+
+
+def test_one_value_and_a_list_of_that_value_match_alike() -> None:
+    assert match([TEAMS], {"group": "design"}) == match([TEAMS], {"group": ("design",)})
+
+
+def test_several_list_valued_keys_are_charged_per_combination() -> None:
+    res = BudgetResource(
+        "ai",
+        "pairs",
+        (
+            entry("pair", {"group": "*", "region": "*"}, "pairs"),
+            entry("eu-eng", {"group": "eng", "region": "eu"}, "pairs"),
+        ),
+    )
+    matching = match_request([res], {"group": ("ml", "eng"), "region": ("us", "eu")})
+    assert charged(list(matching.charges)) == [
+        ("pair", (("group", "eng"), ("region", "us"))),
+        ("pair", (("group", "ml"), ("region", "eu"))),
+        ("pair", (("group", "ml"), ("region", "us"))),
+        ("eu-eng", (("group", "eng"), ("region", "eu"))),
+    ]
+    assert matching.capped == ()
+
+
+def test_combinations_beyond_the_cap_are_left_uncharged_and_reported() -> None:
+    res = BudgetResource("ai", "pairs", (entry("pair", {"a": "*", "b": "*"}, "pairs"),))
+    wide = tuple(f"v{i:02d}" for i in range(10))
+    matching = match_request([res], {"a": wide, "b": wide})  # 100 combinations
+    assert len(matching.charges) == MAX_COMBINATIONS
+    assert matching.capped == ("ai/pairs/pair",)
+    # The first ones in sorted order.
+    assert [c.values for c in matching.charges[:2]] == [
+        (("a", "v00"), ("b", "v00")),
+        (("a", "v00"), ("b", "v01")),
+    ]
+    assert matching.charges[-1].values == (("a", "v06"), ("b", "v03"))
+    exactly = match_request([res], {"a": wide[:8], "b": wide[:8]})  # 64: all charged, nothing capped
+    assert len(exactly.charges) == MAX_COMBINATIONS and exactly.capped == ()
+
+
+def test_overridden_combinations_do_not_count_against_the_cap() -> None:
+    groups = tuple(f"g{i:02d}" for i in range(MAX_COMBINATIONS + 1))
+    res = BudgetResource(
+        "ai",
+        "groups",
+        (entry("per-group", {"group": "*"}, "groups"), entry("g00", {"group": "g00"}, "groups")),
+    )
+    matching = match_request([res], {"group": groups})
+    assert matching.capped == ()
+    assert names(list(matching.charges)).count("per-group") == MAX_COMBINATIONS
+    assert names(list(matching.charges)).count("g00") == 1
+
+
+def test_org_team_and_user_entries_in_separate_resources_all_apply() -> None:
+    org = BudgetResource("ai", "org", (entry("org", {"org": "acme"}, "org"),))
+    teams = BudgetResource(
+        "ai", "teams", (entry("ml", {"group": "ml"}, "teams"), entry("other", {"group": "*"}, "teams"))
+    )
+    users = BudgetResource("ai", "users", (entry("per-user", {"user": "*"}, "users"),))
+    dims = {"org": "acme", "group": ("ml", "web"), "user": "alice"}
+    assert charged(match([org, teams, users], dims)) == [
+        ("org", (("org", "acme"),)),
+        ("ml", (("group", "ml"),)),
+        ("other", (("group", "web"),)),
+        ("per-user", (("user", "alice"),)),
+    ]
+
+
+# --- properties over random entries and requests ------------------------------------
+
+_KEYS = ("group", "user")
+_VALUES = ("a", "b", "c", "")
+_subjects = st.dictionaries(st.sampled_from(_KEYS), st.sampled_from(("a", "b", "c", "*")), max_size=2)
+_resources = st.lists(st.lists(_subjects, max_size=5), min_size=1, max_size=3).map(
+    lambda resources: [
+        BudgetResource(
+            "ai", f"r{i}", tuple(entry(f"e{j}", subject, f"r{i}") for j, subject in enumerate(subjects))
+        )
+        for i, subjects in enumerate(resources)
+    ]
+)
+_dim_value = st.one_of(st.sampled_from(_VALUES), st.lists(st.sampled_from(_VALUES), max_size=4).map(tuple))
+_dims = st.dictionaries(st.sampled_from(_KEYS), _dim_value)
+
+
+def _value_set(value: str | tuple[str, ...]) -> set[str]:
+    return {v for v in ((value,) if isinstance(value, str) else value) if v}
+
+
+@given(
+    values=st.lists(st.sampled_from(("a", "b", "c", "d")), min_size=1), exact=st.sets(st.sampled_from("abcd"))
+)
+def test_an_exact_entry_always_overrides_star_on_its_key_value_by_value(
+    values: list[str], exact: set[str]
+) -> None:
+    res = BudgetResource(
+        "ai",
+        "r",
+        (entry("star", {"k": "*"}, "r"), *(entry(f"exact-{v}", {"k": v}, "r") for v in sorted(exact))),
+    )
+    charges = match([res], {"k": tuple(values)})
+    for value in set(values):
+        under = [c.entry.name for c in charges if c.values == (("k", value),)]
+        # Every value is charged once in this resource: to its own entry if it has one, else to "*".
+        assert under == [f"exact-{value}" if value in exact else "star"]
+    assert len(charges) == len(set(values))
+
+
+@given(resources=_resources, dims=_dims)
+def test_no_request_is_charged_twice_to_one_entry_and_values(
+    resources: list[BudgetResource], dims: dict[str, str | tuple[str, ...]]
+) -> None:
+    charges = match(resources, dims)
+    pairs = [(c.entry.budget_id, c.values) for c in charges]
+    assert len(pairs) == len(set(pairs))
+    ids = [c.counter_id for c in charges]
+    assert len(ids) == len(set(ids))
+
+
+@given(resources=_resources, dims=_dims, data=st.data())
+def test_charges_are_a_function_of_the_dimensions_not_their_order(
+    resources: list[BudgetResource], dims: dict[str, str | tuple[str, ...]], data: st.DataObject
+) -> None:
+    shuffled = {
+        key: value if isinstance(value, str) else tuple(data.draw(st.permutations(value)))
+        for key, value in reversed(list(dims.items()))
+    }
+    assert match_request(resources, shuffled) == match_request(resources, dims)
+
+
+@given(resources=_resources, dims=_dims, data=st.data())
+def test_a_list_never_counts_less_than_any_one_of_its_values(
+    resources: list[BudgetResource], dims: dict[str, str | tuple[str, ...]], data: st.DataObject
+) -> None:
+    present = {key: sorted(_value_set(value)) for key, value in dims.items() if _value_set(value)}
+    one_each = {key: data.draw(st.sampled_from(values)) for key, values in present.items()}
+    as_lists = {c.counter_id for c in match(resources, dims)}
+    assert {c.counter_id for c in match(resources, one_each)} <= as_lists
 
 
 def test_route_names_match_name_namespace_name_and_envoy_gateway_form() -> None:
@@ -167,3 +345,23 @@ def test_untargeted_route_has_no_budgets_and_a_budget_reached_twice_counts_once(
     assert route is not None
     assert len(route.resources) == 3
     assert route.failure_mode is FailureMode.OPEN
+
+
+@given(
+    a=st.dictionaries(st.sampled_from(["k1", "k2"]), st.text(min_size=1, max_size=6), min_size=2),
+    b=st.dictionaries(st.sampled_from(["k1", "k2"]), st.text(min_size=1, max_size=6), min_size=2),
+)
+def test_different_subjects_never_share_a_counter_and_the_id_reads_back(
+    a: dict[str, str], b: dict[str, str]
+) -> None:
+    e = entry("two", {"k1": "*", "k2": "*"}, "r")
+    ca, cb = Charge(e, tuple(sorted(a.items()))), Charge(e, tuple(sorted(b.items())))
+    assert (ca.counter_id == cb.counter_id) == (a == b)
+    assert parse_subject(ca.counter_id) == ca.values
+
+
+def test_a_very_long_subject_value_is_hashed_in_the_counter_id() -> None:
+    e = entry("u", {"user": "*"}, "r")
+    long_id = Charge(e, (("user", "x" * 5000),)).counter_id
+    assert len(long_id) < 200
+    assert long_id != Charge(e, (("user", "x" * 4999),)).counter_id

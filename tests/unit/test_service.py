@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -354,3 +355,173 @@ async def test_the_request_log_line_carries_the_cost_components(service: BudgetS
     assert request["gen_ai.usage.cost_usd"] == "0.0068825"
     assert request["usage_source"] == "reported"
     assert request["api"] == "openai.chat"
+
+
+# --- hierarchies and identities --------------------------------------------------------
+
+JWT = "envoy.filters.http.jwt_authn"
+
+
+def tokens_entry(
+    resource: str,
+    name: str,
+    subject: dict[str, str],
+    limit: int,
+    window: Window,
+    action: Action = Action.BLOCK,
+) -> BudgetEntry:
+    return BudgetEntry("ns", resource, name, Unit.TOKENS, Decimal(limit), window, action, frozen_map(subject))
+
+
+def identity_config(resources: dict[str, tuple[BudgetEntry, ...]], dims: dict[str, Dimension]) -> Config:
+    policy = EnforcementPolicy("ns", "p", (TargetRef("HTTPRoute", "budget-demo", "ns"),))
+    return Config(
+        budgets=tuple(BudgetResource("ns", name, entries) for name, entries in resources.items()),
+        policies=(policy,),
+        dimensions=dims,
+        catalogs=(CATALOG,),
+    )
+
+
+async def identity_exchange(
+    service: BudgetService,
+    tokens: int,
+    headers: dict[str, str] | None = None,
+    claims: dict[str, Any] | None = None,
+    **body: Any,
+) -> tuple[Exchange, pb.ProcessingResponse]:
+    """One call with these headers, JWT claims and body fields, using `tokens` prompt tokens."""
+    ex = Exchange()
+    first = headers_msg(
+        "request_headers", {":path": "/v1/chat/completions", **(headers or {})}, "budget-demo"
+    )
+    if claims is not None:
+        first.metadata_context.filter_metadata[JWT].update({"jwt_payload": claims})
+    await service.handle(ex, first)
+    reply = await service.handle(ex, body_msg("request_body", request_body(max_tokens=1, **body)))
+    if reply.HasField("immediate_response"):
+        return ex, reply
+    await service.handle(
+        ex, headers_msg("response_headers", {":status": "200", "content-type": "application/json"})
+    )
+    await service.handle(ex, body_msg("response_body", response_body(tokens, 0)))
+    return ex, reply
+
+
+async def spend_of(service: BudgetService, entry: BudgetEntry, **values: str) -> int:
+    charge = Charge(entry, tuple(sorted(values.items())))
+    return (await service.store.read([counter_for(charge)], time.time()))[0].spend
+
+
+def hierarchy(org_limit: int) -> tuple[Config, dict[str, BudgetEntry]]:
+    entries = {
+        "org": tokens_entry("org", "org-monthly", {"org": "acme"}, org_limit, Window.MONTH),
+        "team": tokens_entry("teams", "team-weekly", {"team": "*"}, 500, Window.WEEK),
+        "user": tokens_entry("users", "user-daily", {"user": "*"}, 100, Window.DAY),
+        "audit": tokens_entry("users", "user-audit", {"user": "*"}, 50, Window.DAY, Action.AUDIT),
+    }
+    dims = {k: Dimension(k, DimensionSource.HEADER, f"x-{k}") for k in ("org", "team", "user")}
+    resources = {
+        "org": (entries["org"],),
+        "teams": (entries["team"],),
+        "users": (entries["user"], entries["audit"]),
+    }
+    return identity_config(resources, dims), entries
+
+
+ACME_ML_ALICE = {"x-org": "acme", "x-team": "ml", "x-user": "alice"}
+
+
+async def test_org_team_and_user_entries_with_different_windows_and_actions_are_all_charged() -> None:
+    config, entries = hierarchy(org_limit=10_000)
+    service = BudgetService(Snapshot(config), MemoryStore(), Metrics())
+    ex, reply = await identity_exchange(service, 600, ACME_ML_ALICE)
+    assert not reply.HasField("immediate_response")
+    assert sorted(c.entry.name for c in ex.charges) == [
+        "org-monthly",
+        "team-weekly",
+        "user-audit",
+        "user-daily",
+    ]
+    assert await spend_of(service, entries["org"], org="acme") == 600
+    assert await spend_of(service, entries["team"], team="ml") == 600
+    assert await spend_of(service, entries["user"], user="alice") == 600
+    assert await spend_of(service, entries["audit"], user="alice") == 600
+
+
+@pytest.mark.parametrize(
+    ("org_limit", "named", "limit", "window_seconds"),
+    [
+        (10_000, "ns/teams/team-weekly", "500", 7 * 86_400),  # user (Day) and team (Week) block
+        (600, "ns/org/org-monthly", "600", 30 * 86_400),  # user, team and org (Month) block
+    ],
+)
+async def test_when_several_entries_block_the_429_names_the_one_that_blocks_longest(
+    org_limit: int, named: str, limit: str, window_seconds: int
+) -> None:
+    config, _ = hierarchy(org_limit)
+    service = BudgetService(Snapshot(config), MemoryStore(), Metrics())
+    await identity_exchange(service, 600, ACME_ML_ALICE)
+    with structlog.testing.capture_logs() as logs:
+        _, blocked = await identity_exchange(service, 1, ACME_ML_ALICE)
+    imm = blocked.immediate_response
+    assert imm.status.code == 429
+    assert named in json.loads(imm.body)["error"]["message"]
+    headers = {h.header.key: h.header.raw_value.decode() for h in imm.headers.set_headers}
+    assert headers["x-ratelimit-limit"] == limit
+    assert window_seconds <= int(headers["x-ratelimit-reset"]) <= window_seconds + 86_400
+    outcomes = {x["budget_id"]: x["outcome"] for x in logs if x["event"] == "budget exceeded"}
+    assert outcomes["ns/users/user-audit"] == "over_limit_audit"  # over its limit, but only logged
+    assert outcomes["ns/users/user-daily"] == "over_limit_block"
+    # A different user in another team is still under every limit but the shared org's.
+    _, other = await identity_exchange(service, 1, {"x-org": "acme", "x-team": "web", "x-user": "bob"})
+    assert other.HasField("immediate_response") is (org_limit == 600)
+
+
+def groups_config() -> tuple[Config, BudgetEntry, BudgetEntry]:
+    eng = tokens_entry("teams", "eng-monthly", {"group": "engineering"}, 1000, Window.MONTH)
+    rest = tokens_entry("teams", "everyone-else", {"group": "*"}, 100, Window.MONTH)
+    dims = {"group": Dimension("group", DimensionSource.METADATA, JWT, ("jwt_payload", "groups"))}
+    return identity_config({"teams": (eng, rest)}, dims), eng, rest
+
+
+async def test_a_jwt_groups_claim_charges_each_group_to_its_own_entry_or_to_star() -> None:
+    config, eng, rest = groups_config()
+    service = BudgetService(Snapshot(config), MemoryStore(), Metrics())
+    both = {"sub": "alice", "groups": ["engineering", "design"]}
+    await identity_exchange(service, 150, claims=both)
+    assert await spend_of(service, eng, group="engineering") == 150
+    assert await spend_of(service, rest, group="design") == 150
+    assert await spend_of(service, rest, group="engineering") == 0  # overridden for engineering
+    # design's allowance is spent: a member of design is blocked, engineering alone is not.
+    _, blocked = await identity_exchange(service, 1, claims=both)
+    assert "ns/teams/everyone-else" in json.loads(blocked.immediate_response.body)["error"]["message"]
+    _, admitted = await identity_exchange(service, 1, claims={"groups": ["engineering"]})
+    assert not admitted.HasField("immediate_response")
+
+
+async def test_a_body_field_and_an_api_key_hash_resolve_through_the_service() -> None:
+    per_user = tokens_entry("users", "per-user", {"user": "*"}, 1000, Window.DAY)
+    per_key = tokens_entry("keys", "per-key", {"key": "*"}, 1000, Window.DAY)
+    dims = {
+        "user": Dimension("user", DimensionSource.BODY, "", ("user",)),
+        "key": Dimension("key", DimensionSource.API_KEY, "authorization"),
+    }
+    config = identity_config({"users": (per_user,), "keys": (per_key,)}, dims)
+    service = BudgetService(Snapshot(config), MemoryStore(), Metrics())
+    ex, _ = await identity_exchange(service, 10, {"authorization": "Bearer sk-secret-1"}, user="alice")
+    key_id = "sha256:" + hashlib.sha256(b"sk-secret-1").hexdigest()[:16]
+    assert await spend_of(service, per_user, user="alice") == 10
+    assert await spend_of(service, per_key, key=key_id) == 10
+    assert all("sk-secret-1" not in c.counter_id for c in ex.charges)
+
+
+async def test_an_entry_with_too_many_combinations_is_capped_and_logged() -> None:
+    config, _, _ = groups_config()
+    service = BudgetService(Snapshot(config), MemoryStore(), Metrics())
+    groups = [f"g{i:03d}" for i in range(100)]
+    with structlog.testing.capture_logs() as logs:
+        ex, _ = await identity_exchange(service, 1, claims={"groups": groups})
+    assert len(ex.charges) == 64
+    capped = [x for x in logs if x["event"] == "subject combinations capped"]
+    assert capped and capped[0]["budget_ids"] == ["ns/teams/everyone-else"]

@@ -1340,6 +1340,9 @@ def test_dimensions_from_headers_metadata_and_attributes_merge_across_resources(
     }
 
 
+SOURCES = "header, metadata, attribute, body, apiKey"
+
+
 def test_dimension_problems(tmp_path):
     first = write(
         tmp_path,
@@ -1375,11 +1378,82 @@ def test_dimension_problems(tmp_path):
         'b.yaml:6: spec.dimensions.group: dimension "group" is already defined at a.yaml:6',
         'b.yaml:7: spec.dimensions.model: "model" is built in and cannot be redefined',
         'b.yaml:8: spec.dimensions.team.header: "x team" is not an HTTP header name',
-        "b.yaml:9: spec.dimensions.user: set exactly one of: header, metadata, attribute",
+        f"b.yaml:9: spec.dimensions.user: set exactly one of: {SOURCES}",
         "b.yaml:10: spec.dimensions.sub.metadata.path: needs at least one key",
-        "b.yaml:11: spec.dimensions.org.cookie: unknown field; expected one of: header, metadata, attribute",
-        "b.yaml:11: spec.dimensions.org: set exactly one of: header, metadata, attribute",
+        f"b.yaml:11: spec.dimensions.org.cookie: unknown field; expected one of: {SOURCES}, split",
+        f"b.yaml:11: spec.dimensions.org: set exactly one of: {SOURCES}",
         'b.yaml:12: spec.dimensions.a|b: a dimension key must not contain | (got "a|b")',
+    ]
+
+
+def test_body_api_key_and_split_dimensions(tmp_path):
+    path = write(
+        tmp_path,
+        "d.yaml",
+        """\
+        apiVersion: budgets.extproc.dev/v1alpha1
+        kind: BudgetDimensions
+        metadata: {name: identity}
+        spec:
+          dimensions:
+            groups:
+              metadata: {namespace: envoy.filters.http.jwt_authn, path: [jwt_payload, groups]}
+            scopes:
+              metadata: {namespace: envoy.filters.http.jwt_authn, path: [jwt_payload, scope]}
+              split: " "
+            teams: {header: X-Teams, split: ","}
+            end-user: {body: [user]}
+            anthropic-user: {body: [metadata, user_id]}
+            key: {apiKey: {}}
+            azure-key: {apiKey: {header: Api-Key}}
+        """,
+    )
+    jwt = "envoy.filters.http.jwt_authn"
+    assert load_config([path]).dimensions == {
+        "groups": Dimension("groups", DimensionSource.METADATA, jwt, ("jwt_payload", "groups")),
+        "scopes": Dimension("scopes", DimensionSource.METADATA, jwt, ("jwt_payload", "scope"), split=" "),
+        "teams": Dimension("teams", DimensionSource.HEADER, "x-teams", split=","),
+        "end-user": Dimension("end-user", DimensionSource.BODY, "", ("user",)),
+        "anthropic-user": Dimension("anthropic-user", DimensionSource.BODY, "", ("metadata", "user_id")),
+        "key": Dimension("key", DimensionSource.API_KEY, "authorization"),
+        "azure-key": Dimension("azure-key", DimensionSource.API_KEY, "api-key"),
+    }
+
+
+def test_body_api_key_and_split_problems(tmp_path):
+    assert problems_in(
+        tmp_path,
+        """\
+        apiVersion: budgets.extproc.dev/v1alpha1
+        kind: BudgetDimensions
+        metadata: {name: d}
+        spec:
+          dimensions:
+            a: {body: user}
+            b: {body: []}
+            c: {body: [metadata, 7]}
+            d: {apiKey: {header: x-user}}
+            e: {apiKey: x-api-key}
+            f: {apiKey: {header: authorization, prefix: Bearer}}
+            g: {apiKey: {}, split: ","}
+            h: {header: x-teams, split: ""}
+            i: {header: x-teams, split: 1}
+            j: {body: [user], apiKey: {}}
+            k: {apiKey: }
+        """,
+    ) == [
+        'b.yaml:6: spec.dimensions.a.body: must be a list, got "user"',
+        "b.yaml:7: spec.dimensions.b.body: needs at least one key",
+        "b.yaml:8: spec.dimensions.c.body[1]: must be a string, got 7",
+        'b.yaml:9: spec.dimensions.d.apiKey.header: "x-user" is not a header that carries an API key;'
+        " expected one of: authorization, x-api-key, api-key, x-goog-api-key",
+        'b.yaml:10: spec.dimensions.e.apiKey: must be a mapping, got "x-api-key"',
+        "b.yaml:11: spec.dimensions.f.apiKey.prefix: unknown field; expected one of: header",
+        "b.yaml:12: spec.dimensions.g.split: an API key is one value and cannot be split",
+        "b.yaml:13: spec.dimensions.h.split: must not be empty",
+        "b.yaml:14: spec.dimensions.i.split: must be a string, got 1",
+        f"b.yaml:15: spec.dimensions.j: set exactly one of: {SOURCES}",
+        "b.yaml:16: spec.dimensions.k.apiKey: is required",
     ]
 
 
