@@ -442,6 +442,7 @@ class _Collected:
     config_maps: dict[tuple[str, str], _ConfigMap] = field(default_factory=dict)
     catalog_refs: list[_CatalogRef] = field(default_factory=list)
     namespace_labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    namespace_sites: dict[str, str] = field(default_factory=dict)
     resources: dict[tuple[str, str, str], str] = field(default_factory=dict)
 
 
@@ -785,9 +786,33 @@ def _config_map(r: _Reporter, doc: _Map, meta: _Meta, acc: _Collected) -> None:
 
 
 def _namespace(r: _Reporter, doc: _Map, meta: _Meta, acc: _Collected) -> None:
+    _label_namespace(r, meta.name, meta.labels, meta.line, "metadata.name", acc)
+
+
+def _label_namespace(
+    r: _Reporter, name: str, labels: dict[str, str], line: int, path: str, acc: _Collected
+) -> None:
     # Kubernetes labels every namespace with its name; selectors written for a cluster
     # (`kubernetes.io/metadata.name: team-a`) then work the same from files.
-    acc.namespace_labels[meta.name] = {**meta.labels, "kubernetes.io/metadata.name": meta.name}
+    if name in acc.namespace_sites:
+        r.add(line, path, f'namespace "{name}" is already labelled at {acc.namespace_sites[name]}')
+        return
+    acc.namespace_sites[name] = r.site(line)
+    acc.namespace_labels[name] = {**labels, "kubernetes.io/metadata.name": name}
+
+
+def _namespace_labels(r: _Reporter, doc: _Map, meta: _Meta, acc: _Collected) -> None:
+    """`BudgetNamespaces`: namespace labels for Selector discovery without Namespace manifests."""
+    spec = r.mapping(r.get(doc, "spec", "", required=True), "spec")
+    r.only(spec, "spec", ("namespaces",))
+    namespaces = r.mapping(r.get(spec, "namespaces", "spec", required=True), "spec.namespaces")
+    if namespaces is None:
+        return
+    for name, node in namespaces.fields.items():
+        path, line = _join("spec.namespaces", name), namespaces.key_lines[name]
+        labels = r.text_map(node, path)
+        if labels is not None:
+            _label_namespace(r, name, labels, line, path, acc)
 
 
 def _dimensions(r: _Reporter, doc: _Map, meta: _Meta, acc: _Collected) -> None:
@@ -1114,10 +1139,11 @@ _KINDS: dict[tuple[str, str], _Handler] = {
     (_OURS, "BudgetDimensions"): _dimensions,
     (_CORE, "ConfigMap"): _config_map,
     (_CORE, "Namespace"): _namespace,
+    (_OURS, "BudgetNamespaces"): _namespace_labels,
 }
 # Both budget kinds share budget ids (`namespace/resource/entry`), so they must not share names.
 _IDENTITY_KIND = {"EnterpriseAgentgatewayBudget": "Budget"}
-_CLUSTER_SCOPED = {"Namespace"}
+_CLUSTER_SCOPED = {"Namespace", "BudgetNamespaces"}
 
 
 def _document(r: _Reporter, node: _Node, acc: _Collected) -> None:

@@ -7,11 +7,9 @@ way the kubelet updates one (a new timestamped folder, then `..data` swapped by 
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from extproc.config import load_config
 from extproc.config.model import BudgetEntry
 from extproc.service import counter_for
 from extproc.store import open_store
+from tests.support.configmap import MountedConfigMap
 from tests.support.e2e import log_lines
 from tests.support.http import HttpClient, MockOpenAI
 from tests.support.procs import Envoy, Sidecar
@@ -64,36 +63,6 @@ spec:
 
 
 AMOUNT_LINE = 9  # of `amount:` in budgets(), for the file:line a rejection names
-
-
-class MountedConfigMap:
-    """A folder laid out as the kubelet mounts a ConfigMap, and updated the way it updates one:
-    files in a timestamped folder, `..data` linking to it, each visible name linking into
-    `..data`; an update writes a new folder and swaps `..data` with one atomic rename."""
-
-    def __init__(self, root: Path, files: Mapping[str, str]) -> None:
-        self.root = root
-        self.generation = 0
-        root.mkdir()
-        self.publish(files)
-
-    def publish(self, files: Mapping[str, str]) -> None:
-        self.generation += 1
-        stamp = f"..2026_11_29_10_00_{self.generation:02d}.123"
-        folder = self.root / stamp
-        folder.mkdir()
-        for name, text in files.items():
-            (folder / name).write_text(text)
-        data = self.root / "..data"
-        old = os.readlink(data) if data.is_symlink() else None
-        tmp = self.root / "..data_tmp"
-        os.symlink(stamp, tmp)
-        os.replace(tmp, data)
-        for name in files:
-            if not (self.root / name).is_symlink():
-                os.symlink(f"..data/{name}", self.root / name)
-        if old is not None:
-            shutil.rmtree(self.root / old)
 
 
 @dataclass

@@ -1572,3 +1572,33 @@ def test_unreadable_values_and_characters_are_one_line_problems(tmp_path):
         "could not determine a constructor for the tag '!custom'",
         "c.yaml:5: metadata.labels.since: cannot read value '2024-02-30': day is out of range for month",
     ]
+
+
+def test_budget_namespaces_label_namespaces_for_selector_discovery_without_namespace_manifests(tmp_path):
+    text = """\
+        apiVersion: budgets.extproc.dev/v1alpha1
+        kind: BudgetNamespaces
+        metadata: {name: labels}
+        spec:
+          namespaces:
+            team-a: {budgets: enabled, tier: gold}
+            team-b: {}
+        ---
+        apiVersion: v1
+        kind: Namespace
+        metadata: {name: team-a}
+        """
+    with pytest.raises(ConfigError) as err:
+        load_config([write(tmp_path, "ns.yaml", text)])
+    (problem,) = err.value.problems
+    assert problem.line == 11
+    assert problem.path == "metadata.name"
+    assert 'namespace "team-a" is already labelled at' in problem.reason
+
+    config = load_config([write(tmp_path, "ok.yaml", text.split("---")[0])])
+    assert dict(config.namespace_labels["team-a"]) == {
+        "budgets": "enabled",
+        "tier": "gold",
+        "kubernetes.io/metadata.name": "team-a",
+    }
+    assert dict(config.namespace_labels["team-b"]) == {"kubernetes.io/metadata.name": "team-b"}

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ import pytest
 from extproc.config import Config, Problem
 from extproc.config import watch as watch_module
 from extproc.config.watch import ConfigWatcher, fingerprint
+from tests.support.configmap import MountedConfigMap
 
 INTERVAL = 0.05
 # Long enough for any reload to show (interval + settle + load, several times over).
@@ -37,39 +36,6 @@ spec:
 
 
 CATALOG = '{"providers": {"openai": {"models": {"gpt-4o": {"rates": {"input": "2.50", "output": "10.00"}}}}}}'
-
-
-class MountedConfigMap:
-    """A folder laid out as the kubelet mounts a ConfigMap, and updated the way it updates one:
-    files in a timestamped folder, `..data` linking to it, each visible name linking into
-    `..data`; an update writes a new folder and swaps `..data` with one atomic rename."""
-
-    def __init__(self, root: Path, files: Mapping[str, str]) -> None:
-        self.root = root
-        self.generation = 0
-        root.mkdir()
-        self.publish(files)
-
-    def publish(self, files: Mapping[str, str]) -> None:
-        self.generation += 1
-        stamp = f"..2026_11_29_10_00_{self.generation:02d}.123"
-        folder = self.root / stamp
-        folder.mkdir()
-        for name, text in files.items():
-            (folder / name).write_text(text)
-        data = self.root / "..data"
-        old = os.readlink(data) if data.is_symlink() else None
-        tmp = self.root / "..data_tmp"
-        os.symlink(stamp, tmp)
-        os.replace(tmp, data)
-        for name in files:
-            if not (self.root / name).is_symlink():
-                os.symlink(f"..data/{name}", self.root / name)
-        for visible in self.root.iterdir():
-            if not visible.name.startswith(".") and visible.name not in files:
-                visible.unlink()
-        if old is not None:
-            shutil.rmtree(self.root / old)
 
 
 class Recorder:

@@ -38,13 +38,14 @@ def test_manifest_is_kubernetes_yaml(path: Path) -> None:
 def test_every_ext_proc_block_parses_as_envoys_proto_and_matches_the_tested_one() -> None:
     tested = _ext_proc_configs(yaml.safe_load((ROOT / "envoy" / "envoy.yaml").read_text().replace("$", "")))
     istio = _ext_proc_configs(yaml.safe_load((ROOT / "deploy" / "istio" / "envoyfilter.yaml").read_text()))
-    assert len(tested) == 1 and len(istio) == 1
+    jwt = _ext_proc_configs(yaml.safe_load((ROOT / "envoy" / "envoy-jwt.yaml").read_text().replace("$", "")))
+    assert len(tested) == 1 and len(istio) == 1 and len(jwt) == 1
     parsed = []
-    for block in (*tested, *istio):
+    for block in (*tested, *istio, *jwt):
         message = ext_proc_pb2.ExternalProcessor()
         json_format.ParseDict({k: v for k, v in block.items() if k != "@type"}, message)
         message.ClearField("grpc_service")  # the cluster name differs by platform
         parsed.append(message)
-    assert parsed[0] == parsed[1]
+    assert parsed[0] == parsed[1] == parsed[2]
     assert list(parsed[0].request_attributes) == ["xds.route_name"]
     assert parsed[0].allow_mode_override
