@@ -30,7 +30,7 @@ class ServeOptions:
     grpc_address: str = "0.0.0.0:50051"
     admin_address: str = "0.0.0.0:9090"
     workers: int = 1
-    store_timeout_ms: int = 50
+    store_timeout_ms: int = 100
     log_level: str = "info"
     # Seconds between looks at the configuration files for changes; 0 turns reloading off.
     reload_interval: float = 1.0

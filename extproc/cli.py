@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--store-timeout-ms",
         type=int,
-        default=int(_env("STORE_TIMEOUT_MS", "50") or 50),
+        default=int(_env("STORE_TIMEOUT_MS", "100") or 100),
         help="deadline of each spend-store call; keep well inside Envoy's message_timeout",
     )
     serve.add_argument(

@@ -24,7 +24,7 @@ from extproc.config.model import Action, Config, FailureMode, Unit
 from extproc.dimensions import resolve
 from extproc.server import wire
 from extproc.server.wire import ProcessingRequest, ProcessingResponse
-from extproc.store import Counter, CounterState, SpendStore, StoreUnavailable
+from extproc.store import Counter, CounterState, LocalAdmission, SpendStore, StoreUnavailable
 from extproc.store.windows import bucket_seconds_for
 from extproc.telemetry import Metrics, log
 from extproc.usage import LlmRequest, Usage, UsageStream, apis
@@ -213,10 +213,18 @@ class BudgetService:
                 log.error("spend store unavailable; rejecting", route=ex.route, error=str(exc))
                 self.metrics.requests.labels(ex.route, "store_unavailable").inc()
                 return _store_unavailable_reply()
+            if not isinstance(self.store, LocalAdmission):
+                log.warning(
+                    "spend store unavailable; admitting (failure mode Open)", route=ex.route, error=str(exc)
+                )
+                return reply
+            # Failure mode Open: the last spend Redis reported, plus this replica's since.
             log.warning(
-                "spend store unavailable; admitting (failure mode Open)", route=ex.route, error=str(exc)
+                "spend store unavailable; admitting on this replica's view", route=ex.route, error=str(exc)
             )
-            return reply
+            result = self.store.admit_locally(
+                ex.counters, holds, ex.hold_id, self.settings.hold_lease_seconds, time.time()
+            )
         finally:
             self.metrics.admission_seconds.observe(time.perf_counter() - t0)
         ex.holding = result.admitted

@@ -10,6 +10,7 @@ from extproc.store.base import (
     AdmitResult,
     Counter,
     CounterState,
+    LocalAdmission,
     SpendStore,
     StoreOutcomeUnknown,
     StoreUnavailable,
@@ -25,6 +26,7 @@ __all__ = [
     "Counter",
     "CounterState",
     "FailoverStore",
+    "LocalAdmission",
     "MemoryStore",
     "RedisStore",
     "SpendStore",
@@ -35,7 +37,7 @@ __all__ = [
 ]
 
 
-def open_store(redis_url: str | None, *, fail_open: bool = True, timeout_seconds: float = 0.05) -> SpendStore:
+def open_store(redis_url: str | None, *, fail_open: bool = True, timeout_seconds: float = 0.1) -> SpendStore:
     """The store for a sidecar: no URL -> in memory; a URL -> Redis with the failure mode.
 
     `fail_open` is the policy's failureMode (Open: admit on the local view and replay the

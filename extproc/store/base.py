@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class StoreUnavailable(Exception):
@@ -94,3 +94,17 @@ class SpendStore(Protocol):
     async def ping(self) -> bool: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class LocalAdmission(Protocol):
+    """A store that can still admit on a local view while the shared one is away."""
+
+    def admit_locally(
+        self,
+        counters: Sequence[Counter],
+        holds: Sequence[int],
+        hold_id: str,
+        lease_seconds: int,
+        now: float,
+    ) -> AdmitResult: ...

@@ -1,7 +1,9 @@
 """The failure mode (SPEC §4): what happens to admission and spend while Redis is down.
 
-- admit: `Open` admits on this replica's local view (its own holds and the spend it kept
-  while the primary was down); `Closed` raises StoreUnavailable (the caller answers 503).
+- admit: `Open` admits on this replica's local view: the spend each counter had when the
+  primary last answered for it, plus what this replica spent and holds since; `Closed`
+  raises StoreUnavailable (the caller answers 503). A caller that decides per request
+  (per route policy) builds the store closed and calls `admit_locally` for open routes.
 - record: spend is never dropped. If the primary provably did not apply it, it joins
   the pending spend and is replayed when the primary answers again; the local store
   counts it meanwhile so fail-open admission sees it.
@@ -39,6 +41,9 @@ from extproc.store.base import (
 from extproc.store.memory import MemoryStore
 
 log = structlog.get_logger(__name__)
+
+# How many counters' last-seen spend is kept for outages.
+_LAST_SEEN_MAX = 100_000
 
 # Pending spend replays in batches of at most this many counters (one script call each).
 _REPLAY_BATCH = 64
@@ -79,6 +84,11 @@ class FailoverStore:
         self._replay_lock = asyncio.Lock()
         self._replay_loop: asyncio.Task[None] | None = None
         self._replay_now: asyncio.Task[int] | None = None
+        # Each counter's spend as the primary last reported it: what an outage starts from,
+        # so a budget already spent stays blocked while Redis is away.
+        self._last_seen: dict[str, int] = {}
+        # Counters whose last-seen spend has been copied into the local view this outage.
+        self._seeded: set[str] = set()
 
     # -- what operators and tests look at -----------------------------------------------
 
@@ -116,10 +126,35 @@ class FailoverStore:
                     raise
             else:
                 self._primary_answered()
+                self._remember(counters, result.states)
                 return result
         elif not self._fail_open:
             raise StoreUnavailable("spend store unavailable (retrying shortly)")
+        return self.admit_locally(counters, holds, hold_id, lease_seconds, now)
+
+    def admit_locally(
+        self,
+        counters: Sequence[Counter],
+        holds: Sequence[int],
+        hold_id: str,
+        lease_seconds: int,
+        now: float,
+    ) -> AdmitResult:
+        """Admission on this replica's view alone, for a fail-open route while the primary is away."""
+        for counter in counters:
+            if counter.id not in self._seeded:
+                self._seeded.add(counter.id)
+                seen = self._last_seen.get(counter.id, 0)
+                if seen > 0:
+                    # Counted in the current bucket: it ages out late, never early.
+                    self._local.record_now([counter], [seen], "", now)
         return self._local.admit_now(counters, holds, hold_id, lease_seconds, now)
+
+    def _remember(self, counters: Sequence[Counter], states: Sequence[CounterState]) -> None:
+        if len(self._last_seen) > _LAST_SEEN_MAX:
+            self._last_seen.clear()  # bounded: an outage then starts from zero for some
+        for counter, state in zip(counters, states, strict=True):
+            self._last_seen[counter.id] = state.spend
 
     async def record(
         self, counters: Sequence[Counter], amounts: Sequence[int], hold_id: str, now: float
@@ -144,6 +179,9 @@ class FailoverStore:
                 # The admit may have been local (during an outage): drop that hold too.
                 await self._local.release(counters, hold_id)
                 self._primary_answered()
+                for counter, amount in zip(counters, amounts, strict=True):
+                    if counter.id in self._last_seen:
+                        self._last_seen[counter.id] += amount
                 return
         else:
             self._queue(counters, amounts, now)
@@ -274,6 +312,11 @@ class FailoverStore:
 
     def _primary_answered(self) -> None:
         self._down_until = 0.0
+        if self._seeded:
+            # The outage is over: the shared store is the truth again (what was spent
+            # meanwhile is in the replay queue), so the local view starts afresh.
+            self._seeded.clear()
+            self._local = MemoryStore()
         # The primary is back: replay now rather than at the next tick.
         idle = self._replay_now is None or self._replay_now.done()
         if self._pending and idle and not self._replay_lock.locked():

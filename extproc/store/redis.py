@@ -136,7 +136,7 @@ class _PlacedHolds:
 class RedisStore:
     """The shared store: standalone Redis (one script call per operation)."""
 
-    def __init__(self, url: str, *, key_prefix: str = "extproc:", timeout_seconds: float = 0.05) -> None:
+    def __init__(self, url: str, *, key_prefix: str = "extproc:", timeout_seconds: float = 0.1) -> None:
         if "{" in key_prefix or "}" in key_prefix:
             raise ValueError("key_prefix must not contain '{' or '}': it would move the hash tag")
         self._prefix = key_prefix

@@ -620,3 +620,35 @@ async def test_an_uncertain_record_is_counted_not_replayed(redis_url: str, raw: 
         assert (await store.read([c], T0))[0].spend == 10  # applied once, not twice
     finally:
         await store.close()
+
+
+async def test_an_outage_starts_from_the_spend_redis_last_reported_so_a_spent_budget_stays_blocked() -> None:
+    proc = start_redis()
+    store = FailoverStore(
+        RedisStore(proc.url, timeout_seconds=TEST_TIMEOUT),
+        fail_open=False,  # as the service builds it: it calls admit_locally for Open routes
+        local=MemoryStore(),
+        retry_after_seconds=0,
+        replay_interval_seconds=3600,
+    )
+    spent, fresh = day("spent", limit=100), day("fresh", limit=100)
+    try:
+        assert (await store.admit([spent], [60], "r0", 60, T0)).admitted
+        await store.record([spent], [60], "r0", T0)
+        assert (await store.admit([spent], [40], "r1", 60, T0)).admitted
+        await store.record([spent], [40], "r1", T0)  # 100 of 100: Redis says blocked
+        assert not (await store.admit([spent], [1], "r2", 60, T0)).admitted
+        await stop_and_settle(proc)
+
+        with pytest.raises(StoreUnavailable):
+            await store.admit([spent], [1], "r3", 60, T0 + 1)
+        # Down: the local view starts from the 100 Redis last reported, not from zero.
+        assert not store.admit_locally([spent], [1], "r3", 60, T0 + 1).admitted
+        # A counter never seen before the outage starts from zero, and counts what it spends.
+        assert store.admit_locally([fresh], [1], "r4", 60, T0 + 1).admitted
+        await store.record([fresh], [100], "r4", T0 + 1)
+        assert not store.admit_locally([fresh], [1], "r5", 60, T0 + 2).admitted
+        assert store.pending_records == 1  # fresh's 100; the seeded 100 is never replayed
+    finally:
+        await store.close()
+        proc.stop()
