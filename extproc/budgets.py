@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from extproc.config.model import (
@@ -32,17 +32,15 @@ class Charge:
     entry: BudgetEntry
     # The resolved values of the entry's subject keys ("*" replaced by the request's value).
     values: tuple[tuple[str, str], ...]
+    # Spend identity: entry, unit and window, and subject values; never the limit. Editing
+    # a limit keeps the spend counted so far; changing the unit or window starts a fresh
+    # counter (tokens must never be read as dollars). Computed once, used several times.
+    counter_id: str = field(init=False, compare=False, repr=False)
 
-    @property
-    def counter_id(self) -> str:
-        """Spend identity: entry, unit and window, and subject values; never the limit.
-
-        Editing a limit keeps the spend counted so far; changing the unit or window
-        starts a fresh counter (tokens must never be read as dollars).
-        """
+    def __post_init__(self) -> None:
         e = self.entry
         subject = ",".join(f"{_escape(k)}={_escape(_bounded(v))}" for k, v in self.values)
-        return f"{e.budget_id}:{e.unit.value}:{e.window.value}|{subject}"
+        object.__setattr__(self, "counter_id", f"{e.budget_id}:{e.unit.value}:{e.window.value}|{subject}")
 
 
 # Subject values come from requests: escape what separates them in a counter id, so two
