@@ -22,7 +22,7 @@ from extproc.usage._body import count as _count
 from extproc.usage._body import first as _first
 from extproc.usage._body import load_object as _load_object
 from extproc.usage._body import optional_str as _optional_str
-from extproc.usage.api import ApiCall
+from extproc.usage.api import ApiCall, ReportingApi
 from extproc.usage.model import LlmRequest, RequestParse, ResponseParse, Usage
 from extproc.usage.sse import DEFAULT_MAX_PENDING, SseEvent, SseSplitter
 
@@ -46,25 +46,6 @@ _FIELDS = (_INPUT, _CACHE_WRITE, _CACHE_READ, _OUTPUT)
 _CONTENT_EVENTS = frozenset({"content_block_start", "content_block_delta", "content_block_stop", "ping"})
 # Whitespace (and a UTF-8 BOM) before a body's first meaningful byte.
 _LEADING = re.compile(rb"(?:\xef\xbb\xbf)?[ \t\r\n]*")
-
-
-class MessagesApi:
-    """The `Api` for Anthropic Messages (`call.api == "anthropic.messages"`)."""
-
-    name = "anthropic"
-
-    def parse_request(self, body: bytes, call: ApiCall) -> RequestParse:
-        return parse_request(body, call)
-
-    def parse_response(self, body: bytes, call: ApiCall) -> ResponseParse:
-        return parse_response(body, call)
-
-    def stream(self, call: ApiCall, *, hide_usage_chunk: bool) -> MessagesStream:
-        # Nothing was injected, so there is never a usage event to hide.
-        return MessagesStream(call)
-
-
-API = MessagesApi()
 
 
 def parse_request(body: bytes, call: ApiCall | None = None) -> RequestParse:
@@ -262,3 +243,6 @@ def _first_byte(body: bytes) -> bytes:
     found = _LEADING.match(body)
     start = found.end() if found else 0
     return body[start : start + 1]
+
+
+API = ReportingApi("anthropic", parse_request, parse_response, MessagesStream)

@@ -7,6 +7,7 @@ a request speaks, then hands that API the bodies.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,3 +46,19 @@ class Api(Protocol):
     def stream(self, call: ApiCall, *, hide_usage_chunk: bool) -> UsageStream:
         """A reader for a streamed response body, fed its (decoded) chunks in order."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReportingApi:
+    """An `Api` whose responses always report usage: nothing to inject, so nothing to hide.
+
+    Anthropic, Gemini and Bedrock are such APIs; their modules hand their functions here.
+    """
+
+    name: str
+    parse_request: Callable[[bytes, ApiCall], RequestParse]
+    parse_response: Callable[[bytes, ApiCall], ResponseParse]
+    stream_reader: Callable[[ApiCall], UsageStream]
+
+    def stream(self, call: ApiCall, *, hide_usage_chunk: bool) -> UsageStream:
+        return self.stream_reader(call)

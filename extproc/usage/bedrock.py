@@ -29,13 +29,12 @@ from typing import Any
 from extproc.usage._body import count as _count
 from extproc.usage._body import first as _first
 from extproc.usage._body import load_object as _load_object
-from extproc.usage.api import ApiCall
+from extproc.usage.api import ApiCall, ReportingApi
 from extproc.usage.eventstream import DEFAULT_MAX_MESSAGE_BYTES, EventStreamDecoder, Message
 from extproc.usage.model import LlmRequest, RequestParse, ResponseParse, Usage
 
 __all__ = [
     "API",
-    "ConverseApi",
     "ConverseStream",
     "estimate_input_tokens",
     "parse_request",
@@ -79,25 +78,6 @@ def pricing_model(model_id: str | None) -> str | None:
         return None
     found = _MODEL_ARN.match(model_id)
     return found["id"] if found else model_id
-
-
-class ConverseApi:
-    """The `Api` for Bedrock Converse and ConverseStream (`call.api == "bedrock.converse"`)."""
-
-    name = "bedrock"
-
-    def parse_request(self, body: bytes, call: ApiCall) -> RequestParse:
-        return parse_request(body, call)
-
-    def parse_response(self, body: bytes, call: ApiCall) -> ResponseParse:
-        return parse_response(body, call)
-
-    def stream(self, call: ApiCall, *, hide_usage_chunk: bool) -> ConverseStream:
-        # Nothing was injected, so there is never a usage event to hide.
-        return ConverseStream(call)
-
-
-API = ConverseApi()
 
 
 def parse_request(body: bytes, call: ApiCall | None = None) -> RequestParse:
@@ -266,3 +246,6 @@ def _usage(value: Any) -> tuple[Usage | None, str | None]:
         cache_creation_input_tokens=written,
     )
     return usage, _first(problems)
+
+
+API = ReportingApi("bedrock", parse_request, parse_response, ConverseStream)

@@ -27,7 +27,7 @@ from typing import Any
 from extproc.usage._body import count
 from extproc.usage._body import first as _first
 from extproc.usage._body import load_object as _load_object
-from extproc.usage.api import ApiCall
+from extproc.usage.api import ApiCall, ReportingApi
 from extproc.usage.model import LlmRequest, RequestParse, ResponseParse, Usage
 from extproc.usage.sse import DEFAULT_MAX_PENDING, SseEvent, SseSplitter
 
@@ -50,25 +50,6 @@ _FIELDS = (_PROMPT, _CACHED, _CANDIDATES, _THOUGHTS, _TOOL_PROMPT)
 
 _BOM = b"\xef\xbb\xbf"
 _WHITESPACE = re.compile(rb"[ \t\r\n]*")
-
-
-class GenerateContentApi:
-    """The `Api` for Gemini and Vertex AI `generateContent` (`call.api == "gemini.generate"`)."""
-
-    name = "gemini"
-
-    def parse_request(self, body: bytes, call: ApiCall) -> RequestParse:
-        return parse_request(body, call)
-
-    def parse_response(self, body: bytes, call: ApiCall) -> ResponseParse:
-        return parse_response(body, call)
-
-    def stream(self, call: ApiCall, *, hide_usage_chunk: bool) -> GenerateContentStream:
-        # Nothing was injected, so there is never a usage chunk to hide.
-        return GenerateContentStream(call)
-
-
-API = GenerateContentApi()
 
 
 def parse_request(body: bytes, call: ApiCall | None = None) -> RequestParse:
@@ -450,3 +431,6 @@ def _skip(pattern: re.Pattern[Any], text: Any, pos: int) -> int:
     """Where a run of `pattern` (which matches the empty string too) starting at `pos` ends."""
     found = pattern.match(text, pos)
     return found.end() if found else pos
+
+
+API = ReportingApi("gemini", parse_request, parse_response, GenerateContentStream)

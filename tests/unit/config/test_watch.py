@@ -57,7 +57,7 @@ class Recorder:
     async def error(self) -> list[Problem] | Exception:
         return await asyncio.wait_for(self.errors.get(), WAIT)
 
-    async def quiet(self) -> None:
+    async def assert_quiet(self) -> None:
         await asyncio.sleep(QUIET)
         assert self.changes.empty(), "reloaded with nothing changed"
         assert self.errors.empty(), "reported an error with nothing changed"
@@ -96,7 +96,7 @@ async def test_an_edited_file_is_reloaded(tmp_path: Path, watch: Watch) -> None:
     path.write_text(budget(amount="3000"))  # same size, very likely the same timestamp tick
 
     assert amounts(await seen.change()) == {"daily-tokens": 3000}
-    await seen.quiet()
+    await seen.assert_quiet()
 
 
 async def test_a_file_added_to_a_folder_is_loaded(tmp_path: Path, watch: Watch) -> None:
@@ -128,7 +128,7 @@ async def test_a_configmap_symlink_swap_is_reloaded(tmp_path: Path, watch: Watch
     volume.publish({"budgets.yaml": budget(amount="5000")})
 
     assert amounts(await seen.change()) == {"daily-tokens": 5000}
-    await seen.quiet()
+    await seen.assert_quiet()
 
 
 async def test_a_configmap_gaining_a_key_loads_the_new_file(tmp_path: Path, watch: Watch) -> None:
@@ -160,7 +160,7 @@ async def test_an_invalid_edit_reports_its_problems_and_applies_nothing(tmp_path
     assert [str(p) for p in problems] == [
         f"{volume.root / 'budgets.yaml'}:7: spec.budgets[0].limit.amount: must be positive, got -5"
     ]
-    await seen.quiet()
+    await seen.assert_quiet()
 
 
 async def test_a_revert_after_an_invalid_edit_applies_again(tmp_path: Path, watch: Watch) -> None:
@@ -195,7 +195,7 @@ async def test_files_the_loader_skips_do_not_trigger_a_reload(tmp_path: Path, wa
     (tmp_path / ".budgets.yaml.swp").write_text("editor state")
     (tmp_path / "NOTES.md").write_text("not configuration")
 
-    await seen.quiet()
+    await seen.assert_quiet()
 
 
 async def test_a_burst_of_writes_is_loaded_once(tmp_path: Path, watch: Watch) -> None:
@@ -207,7 +207,7 @@ async def test_a_burst_of_writes_is_loaded_once(tmp_path: Path, watch: Watch) ->
         await asyncio.sleep(0.01)
 
     assert len((await seen.change()).budgets) == 6
-    await seen.quiet()
+    await seen.assert_quiet()
 
 
 async def test_an_edit_made_before_start_is_reloaded(tmp_path: Path, watch: Watch) -> None:

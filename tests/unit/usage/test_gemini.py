@@ -218,7 +218,8 @@ def sane(usage: Usage) -> bool:
 
 @given(st.binary(max_size=256))
 def test_arbitrary_bytes_never_raise_in_response_parsing(body: bytes) -> None:
-    parse_response(body, CALL)
+    parsed = parse_response(body, CALL)
+    assert parsed.usage is not None or parsed.problem is not None
 
 
 @given(_RESPONSE_LIKE)
@@ -307,7 +308,9 @@ _REQUEST_LIKE = st.recursive(
 
 @given(st.binary(max_size=256))
 def test_arbitrary_bytes_never_raise_in_request_parsing(body: bytes) -> None:
-    parse_request(body, CALL)
+    parsed = parse_request(body, CALL)
+    # Without a problem, the body was a JSON object.
+    assert parsed.problem is not None or isinstance(json.loads(body), dict)
 
 
 @given(st.dictionaries(_REQUEST_KEYS, _REQUEST_LIKE, max_size=6))

@@ -279,7 +279,8 @@ _RESPONSE_LIKE = st.recursive(
 
 @given(st.binary(max_size=256))
 def test_arbitrary_bytes_never_raise_in_response_parsing(body: bytes) -> None:
-    parse_response(body)
+    parsed = parse_response(body)
+    assert parsed.usage is not None or parsed.problem is not None
 
 
 @given(_RESPONSE_LIKE)
@@ -448,7 +449,9 @@ def test_a_5_mb_request_is_read_and_rewritten_quickly() -> None:
 
 @given(st.binary(max_size=256))
 def test_arbitrary_bytes_never_raise_in_request_parsing(body: bytes) -> None:
-    parse_request(body)
+    parsed = parse_request(body)
+    # Without a problem, the body was a JSON object.
+    assert parsed.problem is not None or isinstance(json.loads(body), dict)
 
 
 _REQUEST_KEYS = st.sampled_from(
