@@ -271,16 +271,14 @@ async def test_renaming_an_entry_starts_a_fresh_counter_and_leaves_the_old_one(r
     assert await rig.spend(old) == (300, 0)  # not moved, not dropped: it ages out on its own
 
 
-async def test_a_blocked_budget_admits_again_within_a_poll_or_two_of_the_swap(rig: Rig) -> None:
+async def test_a_blocked_budget_admits_again_once_the_swap_is_seen(rig: Rig) -> None:
+    # How fast that happens is measured, not asserted (README: about an interval + 0.1 s).
     assert await spend_until_blocked(rig.client) == 300
     published = time.monotonic()
 
     rig.publish(budgets(3000))
 
     status = 429
-    while status == 429 and time.monotonic() - published < 5:
+    while status == 429 and time.monotonic() - published < 30:  # a wait, not a speed claim
         status, _, _ = await send(rig.client)
-    latency = time.monotonic() - published
     assert status == 200
-    # A poll (0.1 s here), a settle poll (0.1 s) and the load: about a quarter of a second.
-    assert latency < 2.0, latency

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 from decimal import Decimal
 from typing import Any
 
@@ -435,13 +434,11 @@ def test_unreadable_requests_give_a_problem_defaults_and_no_rewrite(body: bytes,
     assert parse_request(body) == RequestParse(problem=problem)
 
 
-def test_a_5_mb_request_is_read_and_rewritten_quickly() -> None:
+def test_a_5_mb_request_is_read_and_rewritten() -> None:
     prose = "Budgets and windows, 日本語. " * 170_000
     body = dumps({**STREAM_REQUEST, "messages": [{"role": "user", "content": prose}]})
     assert len(body) > 5_000_000
-    started = time.perf_counter()
     parsed = parse_request(body)
-    assert time.perf_counter() - started < 2.0
     assert parsed.injected_usage
     assert parsed.request.estimated_input_tokens == -(-(len("user") + len(prose.encode())) // 4) + 4
     assert json.loads(parsed.rewritten_body or b"")["messages"][0]["content"] == prose
