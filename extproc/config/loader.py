@@ -685,19 +685,7 @@ def _enterprise_policy(r: _Reporter, doc: _Map, meta: _Meta, acc: _Collected) ->
     )
     route = _route_settings(r, settings, path)
     targets = _target_refs(r, spec, "spec", meta.namespace)
-    acc.policies.append(
-        EnforcementPolicy(
-            meta.namespace,
-            meta.name,
-            targets,
-            mode,
-            frozen_map(selector),
-            failure or FailureMode.OPEN,
-            route.provider,
-            route.api,
-            route.estimate_usage,
-        )
-    )
+    acc.policies.append(_policy(meta, targets, mode, selector, failure, route))
 
 
 def _budget_policy(r: _Reporter, doc: _Map, meta: _Meta, acc: _Collected) -> None:
@@ -709,18 +697,27 @@ def _budget_policy(r: _Reporter, doc: _Map, meta: _Meta, acc: _Collected) -> Non
     mode, selector = _discovery(r, r.get(spec, "discovery", "spec"), "spec.discovery")
     failure = r.choice(r.get(spec, "failureMode", "spec"), "spec.failureMode", FailureMode, "failure mode")
     route = _route_settings(r, spec, "spec")
-    acc.policies.append(
-        EnforcementPolicy(
-            meta.namespace,
-            meta.name,
-            targets,
-            mode,
-            frozen_map(selector),
-            failure or FailureMode.OPEN,
-            route.provider,
-            route.api,
-            route.estimate_usage,
-        )
+    acc.policies.append(_policy(meta, targets, mode, selector, failure, route))
+
+
+def _policy(
+    meta: _Meta,
+    targets: tuple[TargetRef, ...],
+    mode: DiscoveryMode,
+    selector: dict[str, str],
+    failure: FailureMode | None,
+    route: _RouteSettings,
+) -> EnforcementPolicy:
+    return EnforcementPolicy(
+        meta.namespace,
+        meta.name,
+        targets,
+        mode,
+        frozen_map(selector),
+        failure or FailureMode.OPEN,
+        route.provider,
+        route.api,
+        route.estimate_usage,
     )
 
 
