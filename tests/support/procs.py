@@ -22,7 +22,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from tests.support.redis_server import free_port
+from tests.support.redis_server import die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,6 +51,7 @@ class Proc:
             env={**os.environ, **(env or {})},
             cwd=ROOT,
             start_new_session=True,
+            preexec_fn=die_with_parent if sys.platform == "linux" else None,
         )
         atexit.register(self.stop)
 

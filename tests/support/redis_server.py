@@ -38,7 +38,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: Linux kills it when the test process dies, even by
     SIGKILL (atexit cannot run then). Elsewhere, atexit is the only safety net."""
     with contextlib.suppress(Exception):
@@ -80,7 +80,7 @@ class RedisProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=die_with_parent if sys.platform == "linux" else None,
         )
         atexit.register(self.stop)
         deadline = time.monotonic() + startup_timeout
