@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import time
@@ -78,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     spend.add_argument("--catalog", action="append", default=[], metavar="FILE")
     spend.add_argument("--redis-url", default=_env("REDIS_URL"))
+    spend.add_argument(
+        "--output", choices=["table", "json"], default="table", help="json: one object per row"
+    )
     return parser
 
 
@@ -161,6 +165,9 @@ def _spend(args: argparse.Namespace) -> int:
     else:
         print("extproc spend: give --config PATH... (with --redis-url) or --sidecar URL", file=sys.stderr)
         return 2
+    if args.output == "json":
+        print(json.dumps([row.as_dict() for row in rows], indent=2))
+        return 0
     table = [HEADER, *(row.cells() for row in rows)]
     widths = [max(len(str(r[i])) for r in table) for i in range(len(HEADER))]
     for row in table:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -64,3 +65,27 @@ def test_spend_lists_each_wildcard_subject_seen_with_spend_limit_remaining_and_r
     assert 86_400 <= int(bob[8]) <= 86_400 + 900
     everyone = by_subject[("ai/teams/everyone", "-")]
     assert everyone[5:8] == ["2.50001", "5", "2.49999"]
+
+
+def test_spend_as_json_for_finops_tooling(
+    tmp_path: Path, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "budgets.yaml"
+    path.write_text(CONFIG)
+    asyncio.run(_spend(path, redis_url))
+
+    assert main(["spend", "--config", str(path), "--redis-url", redis_url, "--output", "json"]) == 0
+
+    rows = {(r["budget_id"], r["subject"]): r for r in json.loads(capsys.readouterr().out)}
+    assert rows[("ai/teams/per-user", "user=alice")] == {
+        "budget_id": "ai/teams/per-user",
+        "subject": "user=alice",
+        "unit": "Tokens",
+        "window": "Day",
+        "action": "Block",
+        "spend": "400",
+        "limit": "1000",
+        "remaining": "600",
+        "reset_seconds": 0,
+    }
+    assert rows[("ai/teams/everyone", "-")]["spend"] == "2.50001"
