@@ -22,13 +22,13 @@ from extproc.usage._body import count as _count
 from extproc.usage._body import first as _first
 from extproc.usage._body import load_object as _load_object
 from extproc.usage._body import optional_str as _optional_str
+from extproc.usage._body import text_size, tokens_for
 from extproc.usage.api import ApiCall, ReportingApi
 from extproc.usage.model import LlmRequest, RequestParse, ResponseParse, Usage
 from extproc.usage.sse import DEFAULT_MAX_PENDING, SseEvent, SseSplitter
 
 # The prompt estimate only sizes admission holds (the response's usage is what gets charged):
 # about 4 bytes of UTF-8 per token, plus a few tokens of framing per message.
-_BYTES_PER_TOKEN = 4
 _TOKENS_PER_MESSAGE = 4
 # Content blocks that hold encoded media or opaque data, not text: a base64 image or PDF is
 # not 1 token per 4 bytes, and counting it so would hold far more than the call can cost.
@@ -192,21 +192,8 @@ def estimate_input_tokens(system: Any, messages: Any, problems: list[str] | None
             problems.append("messages is not a list")
         messages = None
     message_list: list[Any] = messages or []
-    size = 0
-    # Iterative: a body json accepted can still nest deeper than a recursive walk may go.
-    pending: list[Any] = [system, *message_list]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, str):
-            size += len(item) if item.isascii() else len(item.encode("utf-8", "surrogatepass"))
-        elif isinstance(item, dict):
-            kind = item.get("type")
-            # A client's `type` may be any JSON value, a list (unhashable) included.
-            if not (isinstance(kind, str) and kind in _MEDIA_BLOCKS):
-                pending.extend(value for key, value in item.items() if key not in _OPAQUE_KEYS)
-        elif isinstance(item, list):
-            pending.extend(item)
-    return -(-size // _BYTES_PER_TOKEN) + _TOKENS_PER_MESSAGE * len(message_list)
+    size = text_size([system, *message_list], skip_types=_MEDIA_BLOCKS, skip_keys=_OPAQUE_KEYS)
+    return tokens_for(size) + _TOKENS_PER_MESSAGE * len(message_list)
 
 
 def _counts(value: Any, problems: list[str]) -> dict[str, int]:

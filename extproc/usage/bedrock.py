@@ -29,6 +29,7 @@ from typing import Any
 from extproc.usage._body import count as _count
 from extproc.usage._body import first as _first
 from extproc.usage._body import load_object as _load_object
+from extproc.usage._body import text_size, tokens_for
 from extproc.usage.api import ApiCall, ReportingApi
 from extproc.usage.eventstream import DEFAULT_MAX_MESSAGE_BYTES, EventStreamDecoder, Message
 from extproc.usage.model import LlmRequest, RequestParse, ResponseParse, Usage
@@ -44,7 +45,6 @@ __all__ = [
 
 # The prompt estimate only sizes admission holds (the response's usage is what gets charged):
 # about 4 bytes of UTF-8 per token, plus a few tokens of framing per message.
-_BYTES_PER_TOKEN = 4
 _TOKENS_PER_MESSAGE = 4
 # Content blocks holding encoded media or opaque data rather than text (a base64 image is
 # not 1 token per 4 bytes), and reasoning signatures, which are not re-read as tokens.
@@ -213,18 +213,8 @@ def estimate_input_tokens(messages: Any, system: Any = None, problems: list[str]
             problems.append("system is not a list")
         system = None
     turns: list[Any] = messages or []
-    size = 0
-    # Iterative: a body json accepted can still nest deeper than a recursive walk may go.
-    pending: list[Any] = [system, *turns]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, str):
-            size += len(item) if item.isascii() else len(item.encode("utf-8", "surrogatepass"))
-        elif isinstance(item, dict):
-            pending.extend(value for key, value in item.items() if key not in _OPAQUE_KEYS)
-        elif isinstance(item, list):
-            pending.extend(item)
-    return -(-size // _BYTES_PER_TOKEN) + _TOKENS_PER_MESSAGE * len(turns)
+    size = text_size([system, *turns], skip_keys=_OPAQUE_KEYS)
+    return tokens_for(size) + _TOKENS_PER_MESSAGE * len(turns)
 
 
 def _usage(value: Any) -> tuple[Usage | None, str | None]:

@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from extproc.usage._body import count
+from extproc.usage._body import count, text_size, tokens_for
 from extproc.usage._body import first as _first
 from extproc.usage._body import load_object as _load_object
 from extproc.usage.api import ApiCall, ReportingApi
@@ -33,7 +33,6 @@ from extproc.usage.sse import DEFAULT_MAX_PENDING, SseEvent, SseSplitter
 
 # The prompt estimate only sizes admission holds (the response's usage is what gets charged):
 # about 4 bytes of UTF-8 per token, plus a few tokens of framing per content turn.
-_BYTES_PER_TOKEN = 4
 _TOKENS_PER_CONTENT = 4
 # Part fields holding encoded media or opaque data, not text (both JSON spellings the REST
 # API accepts): a base64 image is not 1 token per 4 bytes.
@@ -359,18 +358,8 @@ def estimate_input_tokens(
             problems.append("contents is not a list")
         contents = None
     turns: list[Any] = contents or []
-    size = 0
-    # Iterative: a body json accepted can still nest deeper than a recursive walk may go.
-    pending: list[Any] = [system_instruction, *turns]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, str):
-            size += len(item) if item.isascii() else len(item.encode("utf-8", "surrogatepass"))
-        elif isinstance(item, dict):
-            pending.extend(value for key, value in item.items() if key not in _OPAQUE_KEYS)
-        elif isinstance(item, list):
-            pending.extend(item)
-    return -(-size // _BYTES_PER_TOKEN) + _TOKENS_PER_CONTENT * len(turns)
+    size = text_size([system_instruction, *turns], skip_keys=_OPAQUE_KEYS)
+    return tokens_for(size) + _TOKENS_PER_CONTENT * len(turns)
 
 
 def _counts(value: Any, problems: list[str]) -> dict[str, int]:

@@ -33,6 +33,7 @@ from extproc.usage._body import count as _count
 from extproc.usage._body import first as _first
 from extproc.usage._body import load_object as _load_object
 from extproc.usage._body import optional_str as _optional_str
+from extproc.usage._body import text_size, tokens_for, utf8_size
 from extproc.usage.api import ApiCall
 from extproc.usage.model import LlmRequest, RequestParse, ResponseParse, Usage, UsageStream
 from extproc.usage.sse import DEFAULT_MAX_PENDING, SseEvent, SseSplitter
@@ -60,7 +61,6 @@ RESPONSES = "openai.responses"
 # The prompt estimate only sizes admission holds (the response's usage is what gets charged):
 # about 4 bytes of UTF-8 per token for English text, plus OpenAI's per-message framing of a
 # few tokens (role and separators).
-_BYTES_PER_TOKEN = 4
 _TOKENS_PER_MESSAGE = 4
 # Content parts whose strings are encoded media, not text: a base64 image is not 1 token per
 # 4 bytes, and counting it so would hold far more than the call can cost. Chat completions
@@ -182,7 +182,7 @@ def _completions_limits(obj: dict[str, Any], problems: list[str]) -> tuple[int |
     estimate, prompts = _prompt_estimate(obj.get("prompt"), "prompt", problems)
     suffix = obj.get("suffix")
     if isinstance(suffix, str):
-        estimate += _tokens(_utf8_size(suffix))
+        estimate += tokens_for(utf8_size(suffix))
     # Every prompt gets `n` completions, and `best_of` of them are generated (and billed).
     return max_tokens * prompts * _choices(obj, ("n", "best_of"), problems), estimate
 
@@ -279,7 +279,7 @@ def estimate_input_tokens(messages: Any, problems: list[str] | None = None) -> i
         if problems is not None:
             problems.append("messages is not a list")
         return 0
-    return _tokens(_text_size(messages)) + _TOKENS_PER_MESSAGE * len(messages)
+    return tokens_for(_text_size(messages)) + _TOKENS_PER_MESSAGE * len(messages)
 
 
 def _responses_estimate(obj: dict[str, Any], problems: list[str]) -> int:
@@ -288,7 +288,7 @@ def _responses_estimate(obj: dict[str, Any], problems: list[str]) -> int:
     messages = 0
     value = obj.get("input")
     if isinstance(value, str):
-        size += _utf8_size(value)
+        size += utf8_size(value)
         messages += 1
     elif isinstance(value, list):
         size += _text_size(value)
@@ -297,11 +297,11 @@ def _responses_estimate(obj: dict[str, Any], problems: list[str]) -> int:
         problems.append("input is not a string or list")
     instructions = obj.get("instructions")
     if isinstance(instructions, str):
-        size += _utf8_size(instructions)
+        size += utf8_size(instructions)
         messages += 1 if instructions else 0
     elif instructions is not None:
         problems.append("instructions is not a string")
-    return _tokens(size) + _TOKENS_PER_MESSAGE * messages
+    return tokens_for(size) + _TOKENS_PER_MESSAGE * messages
 
 
 def _prompt_estimate(value: Any, field: str, problems: list[str]) -> tuple[int, int]:
@@ -313,7 +313,7 @@ def _prompt_estimate(value: Any, field: str, problems: list[str]) -> tuple[int, 
     if value is None:
         return 0, 1
     if isinstance(value, str):
-        return _tokens(_utf8_size(value)), 1
+        return tokens_for(utf8_size(value)), 1
     if not isinstance(value, list):
         problems.append(f"{field} is not a string or list")
         return 0, 1
@@ -323,37 +323,15 @@ def _prompt_estimate(value: Any, field: str, problems: list[str]) -> tuple[int, 
     tokens = 0
     for item in value:
         if isinstance(item, str):
-            size += _utf8_size(item)
+            size += utf8_size(item)
         elif isinstance(item, list):
             tokens += len(item)
-    return tokens + _tokens(size), len(value)
+    return tokens + tokens_for(size), len(value)
 
 
 def _text_size(values: list[Any]) -> int:
     """UTF-8 bytes of every string inside `values`, media parts skipped."""
-    size = 0
-    # Iterative: a body json accepted can still nest deeper than a recursive walk may go.
-    pending: list[Any] = list(values)
-    while pending:
-        item = pending.pop()
-        if isinstance(item, str):
-            size += _utf8_size(item)
-        elif isinstance(item, dict):
-            kind = item.get("type")
-            # `type` is client input: a list or dict there must not crash a set lookup.
-            if not (isinstance(kind, str) and kind in _MEDIA_PARTS):
-                pending.extend(item.values())
-        elif isinstance(item, list):
-            pending.extend(item)
-    return size
-
-
-def _utf8_size(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
-
-
-def _tokens(size: int) -> int:
-    return -(-size // _BYTES_PER_TOKEN)
+    return text_size(values, skip_types=_MEDIA_PARTS)
 
 
 def _is_token(value: Any) -> bool:
