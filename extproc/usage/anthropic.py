@@ -24,7 +24,7 @@ from extproc.usage._body import load_object as _load_object
 from extproc.usage._body import optional_str as _optional_str
 from extproc.usage._body import text_size, tokens_for
 from extproc.usage.api import ApiCall, ReportingApi
-from extproc.usage.model import LlmRequest, RequestParse, ResponseParse, Usage
+from extproc.usage.model import LlmRequest, RequestParse, ResponseParse, Usage, read_as_stream
 from extproc.usage.sse import DEFAULT_MAX_PENDING, SseEvent, SseSplitter
 
 # The prompt estimate only sizes admission holds (the response's usage is what gets charged):
@@ -72,10 +72,7 @@ def parse_response(body: bytes, call: ApiCall | None = None) -> ResponseParse:
     """
     fallback_model = call.model if call is not None else None
     if _first_byte(body) in (b"e", b"d", b":"):
-        stream = MessagesStream(call)
-        stream.feed(body)
-        stream.finish()
-        return ResponseParse(usage=stream.usage, model=stream.model, problem=_first(stream.problems))
+        return read_as_stream(MessagesStream(call), body)
     obj, problem = _load_object(body)
     if obj is None:
         return ResponseParse(model=fallback_model, problem=problem)

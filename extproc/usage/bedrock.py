@@ -32,7 +32,7 @@ from extproc.usage._body import load_object as _load_object
 from extproc.usage._body import text_size, tokens_for
 from extproc.usage.api import ApiCall, ReportingApi
 from extproc.usage.eventstream import DEFAULT_MAX_MESSAGE_BYTES, EventStreamDecoder, Message
-from extproc.usage.model import LlmRequest, RequestParse, ResponseParse, Usage
+from extproc.usage.model import LlmRequest, RequestParse, ResponseParse, Usage, read_as_stream
 
 __all__ = [
     "API",
@@ -115,10 +115,7 @@ def parse_response(body: bytes, call: ApiCall | None = None) -> ResponseParse:
     """
     model = pricing_model(call.model) if call is not None else None
     if body[:1] == b"\x00":
-        stream = ConverseStream(call)
-        stream.feed(body)
-        stream.finish()
-        return ResponseParse(usage=stream.usage, model=stream.model, problem=_first(stream.problems))
+        return read_as_stream(ConverseStream(call), body)
     obj, problem = _load_object(body)
     if obj is None:
         return ResponseParse(model=model, problem=problem)

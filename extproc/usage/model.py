@@ -79,3 +79,13 @@ class UsageStream(Protocol):
     def feed(self, chunk: bytes) -> bytes: ...
 
     def finish(self) -> bytes: ...
+
+
+def read_as_stream(stream: UsageStream, body: bytes) -> ResponseParse:
+    """A streamed response that reached us whole (buffered by the proxy), read as the stream
+    it is: a streamed call must never go unpriced for arriving in one piece."""
+    stream.feed(body)
+    stream.finish()
+    return ResponseParse(
+        usage=stream.usage, model=stream.model, problem=stream.problems[0] if stream.problems else None
+    )
