@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from extproc.config import Config, Problem, load_config
-from extproc.config.watch import ConfigWatcher, fingerprint
+from extproc.config.sources.file_watch import ConfigWatcher, fingerprint
 from extproc.server.admin import AdminServer
 from extproc.server.grpc import build_server, mark_serving
 from extproc.service import BudgetService, Settings, Snapshot

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 class Problem:
     """One thing wrong with the configuration, where an editor can jump to it.
 
-    `line` is 1-based; 0 means the file as a whole (it could not be read).
+    `line` is 1-based; 0 means the file as a whole (it could not be read); -1 means
+    `file` names an object read from the Kubernetes API, which has no lines.
     `path` is the field path inside the document, e.g. `spec.budgets[1].limit.amount`.
     """
 
@@ -20,6 +21,8 @@ class Problem:
     reason: str
 
     def __str__(self) -> str:
+        if self.line < 0:
+            return f"{self.file}: {self.path}: {self.reason}"
         return f"{self.file}:{self.line}: {self.path}: {self.reason}"
 
 

@@ -791,7 +791,7 @@ def test_enterprise_policy_options_gateway_targets_and_failure_mode(tmp_path):
         spec:
           targetRefs:
             - {group: gateway.networking.k8s.io, kind: Gateway, name: proxy}
-            - {kind: HTTPRoute, name: chat, namespace: apps}
+            - {kind: HTTPRoute, name: chat, namespace: gw}
           traffic:
             entBudgetEnforcement:
               failureMode: Closed
@@ -804,11 +804,49 @@ def test_enterprise_policy_options_gateway_targets_and_failure_mode(tmp_path):
     assert policy == EnforcementPolicy(
         namespace="gw",
         name="all-teams",
-        target_refs=(TargetRef("Gateway", "proxy", "gw"), TargetRef("HTTPRoute", "chat", "apps")),
+        target_refs=(TargetRef("Gateway", "proxy", "gw"), TargetRef("HTTPRoute", "chat", "gw")),
         discovery=DiscoveryMode.SELECTOR,
         selector={"budgets": "enabled"},
         failure_mode=FailureMode.CLOSED,
     )
+
+
+def test_target_refs_are_local_to_the_policy_namespace(tmp_path):
+    """Policy attachment (GEP-713): a team's policy cannot cap another namespace's routes."""
+    text = """\
+        apiVersion: budgets.extproc.dev/v1alpha1
+        kind: BudgetPolicy
+        metadata: {name: p, namespace: team-x}
+        spec:
+          targetRefs:
+            - {kind: HTTPRoute, name: chat, namespace: team-y}
+        """
+    assert problems_in(tmp_path, text) == [
+        "b.yaml:6: spec.targetRefs[0].namespace: targetRefs are local to the policy's namespace "
+        '"team-x", got "team-y"; create the policy in the target\'s namespace'
+    ]
+
+
+def test_budget_policy_takes_the_report_discovery_shape_too(tmp_path):
+    """A policy converted from the report's kind keeps `discovery.namespaces`; mixing shapes is refused."""
+    text = """\
+        apiVersion: budgets.extproc.dev/v1alpha1
+        kind: BudgetPolicy
+        metadata: {name: p, namespace: gw}
+        spec:
+          targetRefs: [{kind: HTTPRoute, name: chat}]
+          discovery:
+            namespaces:
+              from: Selector
+              selector: {matchLabels: {budgets: enabled}}
+        """
+    (policy,) = load_config([write(tmp_path, "p.yaml", text)]).policies
+    assert (policy.discovery, dict(policy.selector)) == (DiscoveryMode.SELECTOR, {"budgets": "enabled"})
+    mixed = text.replace("          discovery:\n", "          discovery:\n            from: All\n")
+    assert problems_in(tmp_path, mixed) == [
+        "b.yaml:7: spec.discovery.from: set either namespaces (the field report's shape) or "
+        "from/selector, not both"
+    ]
 
 
 def test_enterprise_policy_problems(tmp_path):
@@ -1602,3 +1640,67 @@ def test_budget_namespaces_label_namespaces_for_selector_discovery_without_names
         "kubernetes.io/metadata.name": "team-a",
     }
     assert dict(config.namespace_labels["team-b"]) == {"kubernetes.io/metadata.name": "team-b"}
+
+
+# --- near misses of our kinds are mistakes, never silently dropped ---------------------
+
+
+def test_an_unknown_kind_in_our_group_is_an_error_with_a_guess(tmp_path):
+    text = """\
+        apiVersion: budgets.extproc.dev/v1alpha1
+        kind: Budgett
+        metadata: {name: b}
+        spec: {budgets: []}
+        """
+    assert problems_in(tmp_path, text) == [
+        'b.yaml:2: kind: unknown kind "Budgett" in budgets.extproc.dev/v1alpha1 (did you mean "Budget"?); '
+        "expected one of: Budget, BudgetDimensions, BudgetNamespaces, BudgetPolicy"
+    ]
+
+
+def test_a_miscased_report_kind_is_an_error_with_a_guess(tmp_path):
+    text = """\
+        apiVersion: enterpriseagentgateway.solo.io/v1alpha1
+        kind: EnterpriseAgentGatewayBudget
+        metadata: {name: b}
+        spec: {budgets: []}
+        """
+    (problem,) = problems_in(tmp_path, text)
+    assert problem.startswith(
+        'b.yaml:2: kind: unknown kind "EnterpriseAgentGatewayBudget" in '
+        'enterpriseagentgateway.solo.io/v1alpha1 (did you mean "EnterpriseAgentgatewayBudget"?)'
+    )
+
+
+def test_a_typo_in_the_group_of_one_of_our_kinds_is_an_error(tmp_path):
+    text = """\
+        apiVersion: budget.extproc.dev/v1alpha1
+        kind: Budget
+        metadata: {name: b}
+        spec: {budgets: []}
+        """
+    assert problems_in(tmp_path, text) == [
+        "b.yaml:1: apiVersion: unsupported for Budget; expected budgets.extproc.dev/v1alpha1"
+    ]
+
+
+def test_other_kinds_of_the_report_groups_and_of_other_groups_are_left_alone(tmp_path):
+    text = """\
+        apiVersion: agentgateway.dev/v1alpha1
+        kind: AgentgatewayParameters
+        metadata: {name: p}
+        ---
+        apiVersion: enterpriseagentgateway.solo.io/v1alpha1
+        kind: EnterpriseAgentgatewayBackend
+        metadata: {name: p}
+        ---
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: Gateway
+        metadata: {name: g}
+        ---
+        apiVersion: other.example.com/v1
+        kind: Budget
+        metadata: {name: b}
+        """
+    config = load_config([write(tmp_path, "b.yaml", text)])
+    assert config.budgets == () and config.policies == ()

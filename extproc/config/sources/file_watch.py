@@ -25,17 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from extproc.config.errors import ConfigError, Problem
-from extproc.config.loader import load_config
 from extproc.config.model import Config
+from extproc.config.sources.files import config_entries, load_config
 from extproc.telemetry import log
 
 __all__ = ["ConfigWatcher", "Fingerprint", "Mark", "fingerprint"]
 
-# What the loader reads in a folder (see loader._walk): names not starting with `.`, with
-# one of these suffixes. A path given by name is read whatever its suffix.
-_CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
-# The kubelet's link to the current timestamped folder of a mounted ConfigMap.
-_CONFIGMAP_DATA = "..data"
 # File timestamps are as coarse as the filesystem's clock (a tick on Linux, 2 s on FAT):
 # a file changed this recently may change again without its stat changing, so its content
 # is hashed too until a look after that window settles it (git's "racily clean" entries).
@@ -84,39 +79,17 @@ def fingerprint(
         root = str(given)
         marks.append(_mark(root, before.get(root), now_ns, resolve=True))
         if os.path.isdir(root):
-            marks.extend(_folder(root, before, now_ns, set()))
+            marks.extend(_folder(root, before, now_ns))
     for given in catalog_files:
         path = str(given)
         marks.append(_mark(path, before.get(path), now_ns, resolve=True))
     return tuple(marks)
 
 
-def _folder(folder: str, before: dict[str, Mark], now_ns: int, visited: set[str]) -> Iterator[Mark]:
-    """The marks under a folder, walked as the loader walks it (see loader._walk)."""
-    real = os.path.realpath(folder)
-    if real in visited:  # a symlink loop
-        return
-    visited.add(real)
-    try:
-        with os.scandir(folder) as listing:
-            entries = sorted(listing, key=lambda entry: entry.name)
-    except OSError:
-        return  # the loader reports a folder it cannot list
-    for entry in entries:
-        path = os.path.join(folder, entry.name)
-        if entry.name == _CONFIGMAP_DATA:
-            yield _mark(path, before.get(path), now_ns, resolve=True)
-        if entry.name.startswith("."):
-            continue
-        try:
-            is_dir = entry.is_dir()
-        except OSError:
-            is_dir = False
-        if is_dir:
-            yield _mark(path, before.get(path), now_ns)
-            yield from _folder(path, before, now_ns, visited)
-        elif entry.name.lower().endswith(_CONFIG_SUFFIXES):
-            yield _mark(path, before.get(path), now_ns)
+def _folder(folder: str, before: dict[str, Mark], now_ns: int) -> Iterator[Mark]:
+    """The marks under a folder, walked as the loader walks it (`files.config_entries`)."""
+    for entry in config_entries(folder, lambda _folder, _error: None):  # the loader reports those
+        yield _mark(entry.path, before.get(entry.path), now_ns, resolve=entry.kind == "configmap-data")
 
 
 def _mark(path: str, before: Mark | None, now_ns: int, *, resolve: bool = False) -> Mark:

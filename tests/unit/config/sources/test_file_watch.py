@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from extproc.config import Config, Problem
-from extproc.config import watch as watch_module
-from extproc.config.watch import ConfigWatcher, fingerprint
+from extproc.config.sources import file_watch as watch_module
+from extproc.config.sources.file_watch import ConfigWatcher, fingerprint
 from tests.support.configmap import MountedConfigMap
 
 INTERVAL = 0.05
