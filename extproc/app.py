@@ -8,12 +8,14 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from extproc.budgets import reach
 from extproc.config import Config, Problem, load_config
 from extproc.config.sources.file_watch import ConfigWatcher, fingerprint
+from extproc.config.sources.kubernetes.cluster import Cluster, ClusterOptions, api_client
 from extproc.server.admin import AdminServer
 from extproc.server.grpc import build_server, mark_serving
 from extproc.service import BudgetService, Settings, Snapshot
@@ -35,6 +37,9 @@ class ServeOptions:
     # Seconds between looks at the configuration files for changes; 0 turns reloading off.
     reload_interval: float = 1.0
     settings: Settings = field(default_factory=Settings)
+    # "files" (config_paths) or "kubernetes" (the cluster's resources, listed and watched).
+    source: str = "files"
+    cluster: ClusterOptions = field(default_factory=ClusterOptions)
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -49,6 +54,15 @@ def _config_counts(config: Config) -> dict[str, int]:
         "entries": sum(len(b.entries) for b in config.budgets),
         "policies": len(config.policies),
     }
+
+
+def warn_of_reach(config: Config, metrics: Metrics) -> None:
+    """A warning line for each budget no policy discovers and each policy that discovers none."""
+    found = reach(config)
+    metrics.config_warnings.labels("undiscovered_budget").set(len(found.undiscovered))
+    metrics.config_warnings.labels("idle_policy").set(len(found.idle))
+    for warning in found.warnings():
+        log.warning("configuration warning", warning=warning)
 
 
 class LiveConfiguration:
@@ -68,6 +82,7 @@ class LiveConfiguration:
         self.service.snapshot = Snapshot(config)
         self.metrics.config_reloads.labels("applied").inc()
         log.info("configuration reloaded", **_config_counts(config))
+        warn_of_reach(config, self.metrics)
 
     def reject(self, problems: list[Problem] | Exception) -> None:
         self.metrics.config_reloads.labels("rejected").inc()
@@ -75,42 +90,109 @@ class LiveConfiguration:
         log.error("configuration reload rejected; keeping the last good configuration", problems=reasons)
 
 
-async def serve(opts: ServeOptions, *, stop: asyncio.Event | None = None) -> None:
-    """Run one sidecar process until `stop` is set or SIGTERM/SIGINT arrives."""
-    # Fingerprinted before loading, so an edit made while starting up is reloaded, not missed.
-    loaded_from = fingerprint(opts.config_paths, opts.catalog_files) if opts.reload_interval > 0 else None
-    config = load_config(opts.config_paths, opts.catalog_files)
-    snapshot = Snapshot(config)
-    providers, models = snapshot.catalog.summary
-    log.info("loaded model catalog", providers=providers, models=models, builtin="genai-prices")
-    log.info("loaded configuration", **_config_counts(config))
-    # The store raises when Redis is unreachable; each route's policy (failureMode)
-    # decides what admission does then. Spend recorded meanwhile is kept and replayed.
-    store = open_store(opts.redis_url, fail_open=False, timeout_seconds=opts.store_timeout_ms / 1000)
-    metrics = Metrics()
-    service = BudgetService(snapshot, store, metrics, opts.settings)
-    server, port, health_servicer = build_server(service, opts.grpc_address, reuse_port=opts.workers > 1)
+class _Startup:
+    """What the admin port can tell before the service exists (the Kubernetes source
+    serves /readyz from the start, 503 until the first full list)."""
 
-    async def ready() -> tuple[bool, str]:
+    def __init__(self) -> None:
+        self.service: BudgetService | None = None
+        self.store_ping: Callable[[], Awaitable[bool]] | None = None
+        self.waiting = "starting"
+        self.pending: Config | None = None
+        self.live: LiveConfiguration | None = None
+
+    def apply(self, config: Config) -> None:
+        """Configurations from the cluster: held until the service exists, then applied live."""
+        if self.live is None:
+            self.pending = config
+        else:
+            self.live.apply(config)
+
+    async def ready(self) -> tuple[bool, str]:
+        if self.service is None or self.store_ping is None:
+            return False, self.waiting
         try:
-            ok = await store.ping()
+            ok = await self.store_ping()
         except Exception as exc:
             return False, f"spend store: {exc}"
         return ok, "ready" if ok else "spend store not reachable"
 
+
+async def _wait_for(event: asyncio.Event, stop: asyncio.Event) -> bool:
+    """Waits for `event`; False when `stop` came first."""
+    waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    return event.is_set()
+
+
+async def serve(opts: ServeOptions, *, stop: asyncio.Event | None = None) -> None:
+    """Run one sidecar process until `stop` is set or SIGTERM/SIGINT arrives."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    metrics = Metrics()
+    startup = _Startup()
+
     async def spend_report() -> list[dict[str, str | int]]:
         # The running configuration and this sidecar's own store: in-memory spend included.
-        rows = await spend_rows(service.snapshot.config, store, time.time())
+        if startup.service is None:
+            return []
+        rows = await spend_rows(startup.service.snapshot.config, startup.service.store, time.time())
         return [row.as_dict() for row in rows]
 
-    admin = AdminServer(metrics.registry, ready, spend_report)
+    admin = AdminServer(metrics.registry, startup.ready, spend_report)
     admin_host, admin_port = _split_address(opts.admin_address)
     bound_admin = await admin.start(admin_host, admin_port)
+
+    cluster: Cluster | None = None
+    loaded_from = None
+    if opts.source == "kubernetes":
+        catalogs = load_config([], opts.catalog_files).catalogs
+        cluster = Cluster(
+            await api_client(opts.cluster.kubeconfig), opts.cluster, startup.apply, metrics.registry, catalogs
+        )
+        startup.waiting = "waiting for the first full list from the Kubernetes API"
+        log.info(
+            "listing resources from the Kubernetes API",
+            admin_port=bound_admin,
+            namespaces=list(opts.cluster.namespaces) or "all",
+        )
+        await cluster.start()
+        if not await _wait_for(cluster.source.ready, stop):
+            await cluster.stop()
+            await admin.stop()
+            return
+        assert startup.pending is not None
+        config = startup.pending
+    else:
+        # Fingerprinted before loading, so an edit made while starting up is reloaded, not missed.
+        loaded_from = fingerprint(opts.config_paths, opts.catalog_files) if opts.reload_interval > 0 else None
+        config = load_config(opts.config_paths, opts.catalog_files)
+    snapshot = Snapshot(config)
+    providers, models = snapshot.catalog.summary
+    log.info("loaded model catalog", providers=providers, models=models, builtin="genai-prices")
+    log.info("loaded configuration", source=opts.source, **_config_counts(config))
+    warn_of_reach(config, metrics)
+    # The store raises when Redis is unreachable; each route's policy (failureMode)
+    # decides what admission does then. Spend recorded meanwhile is kept and replayed.
+    store = open_store(opts.redis_url, fail_open=False, timeout_seconds=opts.store_timeout_ms / 1000)
+    service = BudgetService(snapshot, store, metrics, opts.settings)
+    server, port, health_servicer = build_server(service, opts.grpc_address, reuse_port=opts.workers > 1)
+    live = LiveConfiguration(service, metrics)
+    startup.live = live
+    if startup.pending is not None and startup.pending is not config:
+        live.apply(startup.pending)  # a change that arrived while the service was being built
     await server.start()
+    startup.service, startup.store_ping = service, store.ping
     await mark_serving(health_servicer, True)
     watcher: ConfigWatcher | None = None
     if loaded_from is not None:
-        live = LiveConfiguration(service, metrics)
         watcher = ConfigWatcher(
             opts.config_paths,
             opts.catalog_files,
@@ -125,18 +207,16 @@ async def serve(opts: ServeOptions, *, stop: asyncio.Event | None = None) -> Non
         grpc_port=port,
         admin_port=bound_admin,
         store="redis" if opts.redis_url else "memory",
+        source=opts.source,
         reload_interval=opts.reload_interval,
         pid=os.getpid(),
     )
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
     if watcher is not None:
         await watcher.stop()
+    if cluster is not None:
+        await cluster.stop()
     await mark_serving(health_servicer, False)
     await server.stop(grace=5)
     await admin.stop()
@@ -149,7 +229,7 @@ def run(opts: ServeOptions) -> int:
     if opts.workers > 1 and not opts.redis_url:
         log.error("several workers need a shared spend store: set --redis-url")
         return 2
-    for p in opts.config_paths:
+    for p in opts.config_paths if opts.source == "files" else ():
         if not Path(p).exists():
             log.error("config path does not exist", path=p)
             return 2

@@ -1,7 +1,7 @@
 """Which budget entries apply to a request: route scoping, discovery and subject matching.
 
 Pure functions over the frozen `Config`; built once per configuration into a
-`BudgetIndex`, whose per-route answers are cached (route names are few).
+`BudgetIndex`, whose answers per (gateway, route) are cached (route names are few).
 """
 
 from __future__ import annotations
@@ -79,15 +79,68 @@ class RouteBudgets:
     estimate_usage: bool = False
 
 
-def route_matches(ref: TargetRef, route_name: str) -> bool:
-    """A target ref selects a route by `NAME`, `NAMESPACE/NAME` or Envoy Gateway's
-    `httproute/NAMESPACE/NAME/rule/...`; a Gateway ref selects every route."""
+def route_identities(route_name: str) -> tuple[tuple[str | None, str], ...]:
+    """The HTTPRoutes (namespace, name) an Envoy route name can stand for; namespace None
+    when the name does not carry one.
+
+    Split from each gateway's own structure, never by a naive `split`: names of routes may
+    hold dots and hyphens, namespaces never hold a dot or a slash (DNS labels).
+    - Envoy Gateway: `httproute/NAMESPACE/NAME/rule/I/match/J/HOST` (J is -1 for a rule
+      without matches; HOST has its dots as underscores, `*` for any host).
+    - Istio, a Gateway API rule without a name: `NAMESPACE.NAME.I` (I the rule's index).
+    - Plain Envoy: `NAMESPACE/NAME`, or `NAME` alone (also how Istio names a named rule and
+      a VirtualService's `http[].name`): the name only, in no particular namespace.
+    """
+    found: list[tuple[str | None, str]] = [(None, route_name)]
+    parts = route_name.split("/")
+    if parts[0] == "httproute":
+        if _envoy_gateway_tail(parts):
+            found.append((parts[1], parts[2]))
+    elif len(parts) == 2:
+        if _is_label(parts[0]) and parts[1]:
+            found.append((parts[0], parts[1]))
+    elif len(parts) == 1:
+        namespace, _, rest = route_name.partition(".")
+        name, _, index = rest.rpartition(".")
+        if _is_label(namespace) and name and index.isascii() and index.isdigit():
+            found.append((namespace, name))
+    return tuple(found)
+
+
+def _envoy_gateway_tail(parts: list[str]) -> bool:
+    """`httproute`, NAMESPACE, NAME, then `rule/I/match/J` and the host (older releases
+    left the host out)."""
+    if len(parts) not in (7, 8) or not _is_label(parts[1]) or not parts[2]:
+        return False
+    if parts[3] != "rule" or parts[5] != "match" or not _is_index(parts[4]):
+        return False
+    return _is_index(parts[6]) or parts[6] == "-1"
+
+
+def _is_index(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def _is_label(text: str) -> bool:
+    """A Kubernetes namespace name can be: a DNS label, so never a dot or a slash."""
+    return bool(text) and len(text) <= 63 and "." not in text and "/" not in text
+
+
+def route_matches(ref: TargetRef, route_name: str, gateway: str = "") -> bool:
+    """Whether a policy's target ref selects a route, as Gateway API scopes it.
+
+    An HTTPRoute ref selects routes named after that HTTPRoute (`route_identities`), in
+    the ref's namespace (the policy's own: targetRefs are local) when the name carries a
+    namespace. A Gateway ref selects the routes served by that gateway: `gateway` is the
+    request's gateway identity, `NAMESPACE/NAME`, and a request without one is selected by
+    no Gateway ref, so another team's gateway is never capped by accident.
+    """
     if ref.kind == "Gateway":
-        return True
-    if route_name in (ref.name, f"{ref.namespace}/{ref.name}"):
-        return True
-    prefix = f"httproute/{ref.namespace}/{ref.name}/"
-    return route_name.startswith(prefix) or route_name == prefix[:-1]
+        return bool(gateway) and gateway == f"{ref.namespace}/{ref.name}"
+    return any(
+        name == ref.name and namespace in (None, ref.namespace)
+        for namespace, name in route_identities(route_name)
+    )
 
 
 def discovered(policy: EnforcementPolicy, config: Config) -> Iterable[BudgetResource]:
@@ -103,21 +156,62 @@ def discovered(policy: EnforcementPolicy, config: Config) -> Iterable[BudgetReso
                 yield resource
 
 
+@dataclass(frozen=True, slots=True)
+class Reach:
+    """What discovery leaves out: each a mistake more often than an intent, so warned of."""
+
+    # Budgets no policy's discovery reaches: never enforced.
+    undiscovered: tuple[BudgetResource, ...] = ()
+    # Policies whose discovery reaches no budget: their routes are enforced with nothing.
+    idle: tuple[EnforcementPolicy, ...] = ()
+
+    def warnings(self) -> list[str]:
+        return [
+            *(
+                f'budget {b.namespace}/{b.name}: no policy\'s discovery reaches namespace "{b.namespace}"; '
+                "it is not enforced"
+                for b in self.undiscovered
+            ),
+            *(
+                f"policy {p.namespace}/{p.name}: its discovery ({p.discovery.value}) reaches no budget"
+                for p in self.idle
+            ),
+        ]
+
+
+def reach(config: Config) -> Reach:
+    reached: set[int] = set()
+    idle: list[EnforcementPolicy] = []
+    for policy in config.policies:
+        found = {id(resource) for resource in discovered(policy, config)}
+        if not found:
+            idle.append(policy)
+        reached |= found
+    undiscovered = tuple(b for b in config.budgets if id(b) not in reached)
+    return Reach(undiscovered, tuple(idle))
+
+
 class BudgetIndex:
     """The configuration's answer to "which entries apply here?", computed once."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self._routes: dict[str, RouteBudgets | None] = {}
+        self._routes: dict[tuple[str, str], RouteBudgets | None] = {}
+        # Without a Gateway ref the gateway changes no answer: one cache entry per route.
+        self._by_gateway = any(r.kind == "Gateway" for p in config.policies for r in p.target_refs)
 
-    def for_route(self, route_name: str) -> RouteBudgets | None:
-        """The budgets of an enforced route, or None when no policy targets it."""
+    def for_route(self, route_name: str, gateway: str = "") -> RouteBudgets | None:
+        """The budgets of an enforced route on a gateway (`NAMESPACE/NAME`, or "" when the
+        request carries no gateway identity), or None when no policy targets it."""
+        key = (gateway if self._by_gateway else "", route_name)
         try:
-            return self._routes[route_name]
+            return self._routes[key]
         except KeyError:
             pass
         policies = [
-            p for p in self.config.policies if any(route_matches(r, route_name) for r in p.target_refs)
+            p
+            for p in self.config.policies
+            if any(route_matches(r, route_name, key[0]) for r in p.target_refs)
         ]
         result: RouteBudgets | None = None
         if policies:
@@ -135,7 +229,7 @@ class BudgetIndex:
                 estimate_usage=any(p.estimate_usage for p in policies),
             )
         if len(self._routes) < 10_000:  # route names come from Envoy's config, but stay bounded
-            self._routes[route_name] = result
+            self._routes[key] = result
         return result
 
     def subject_keys(self, route: RouteBudgets) -> frozenset[str]:

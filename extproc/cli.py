@@ -55,6 +55,40 @@ def _parser() -> argparse.ArgumentParser:
         help="how often to look for configuration changes and apply them; 0 disables reloading",
     )
 
+    serve.add_argument(
+        "--source",
+        choices=["files", "kubernetes"],
+        default=_env("SOURCE", "files"),
+        help="files: --config paths (mounted ConfigMaps too); kubernetes: list and watch the cluster",
+    )
+    serve.add_argument(
+        "--kubeconfig",
+        default=_env("KUBECONFIG_FILE"),
+        metavar="FILE",
+        help="with --source kubernetes: a kubeconfig; default: the pod's service account",
+    )
+    serve.add_argument(
+        "--namespace",
+        dest="namespaces",
+        action="append",
+        default=None,
+        metavar="NS",
+        help="with --source kubernetes: watch only this namespace (repeatable; namespace-scoped RBAC)",
+    )
+    serve.add_argument(
+        "--lease-namespace",
+        default=_env("LEASE_NAMESPACE"),
+        metavar="NS",
+        help="where the status-writer Lease lives; default: the pod's namespace",
+    )
+    serve.add_argument(
+        "--no-status",
+        dest="write_status",
+        action="store_false",
+        default=(_env("WRITE_STATUS", "true") or "true").lower() not in ("0", "false", "no"),
+        help="with --source kubernetes: do not write status (another controller owns it)",
+    )
+
     check = sub.add_parser("check", help="validate configuration files")
     check.add_argument("paths", nargs="+")
     check.add_argument("--catalog", action="append", default=[], metavar="FILE")
@@ -103,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from extproc.app import ServeOptions, run
+    from extproc.config.sources.kubernetes.cluster import ClusterOptions
     from extproc.service import Settings
 
     opts = ServeOptions(
@@ -116,14 +151,28 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         reload_interval=args.reload_interval,
         settings=Settings(hold_lease_seconds=args.hold_lease_seconds),
+        source=args.source,
+        cluster=ClusterOptions(
+            kubeconfig=args.kubeconfig,
+            namespaces=tuple(args.namespaces or _env_list("NAMESPACES")),
+            lease_namespace=args.lease_namespace,
+            write_status=args.write_status,
+        ),
     )
     # Fail fast with file:line problems before binding anything.
-    load_config(opts.config_paths, opts.catalog_files)
+    if opts.source == "files":
+        load_config(opts.config_paths, opts.catalog_files)
+    else:
+        load_config([], opts.catalog_files)
     return run(opts)
 
 
 def _check(args: argparse.Namespace) -> int:
+    from extproc.budgets import reach
+
     config = load_config(args.paths, args.catalog)
+    for warning in reach(config).warnings():
+        print(f"warning: {warning}", file=sys.stderr)
     entries = sum(len(b.entries) for b in config.budgets)
     print(
         f"ok: {len(config.sources)} files, {len(config.budgets)} budgets ({entries} entries), "

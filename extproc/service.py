@@ -64,6 +64,8 @@ class Exchange:
     # which entries it was admitted against and is charged to.
     snapshot: Snapshot | None = None
     route: str = ""
+    # The gateway the request came through, `NAMESPACE/NAME`; "" when Envoy did not say.
+    gateway: str = ""
     route_budgets: RouteBudgets | None = None
     headers: dict[str, str] = field(default_factory=dict)
     attributes: dict[str, str] = field(default_factory=dict)
@@ -116,10 +118,15 @@ class BudgetService:
     # -- request phase --------------------------------------------------------------
 
     async def _request_headers(self, ex: Exchange, msg: ProcessingRequest) -> ProcessingResponse:
-        ex.route = wire.route_name(msg) or ""
+        route, virtual_host_gateway = wire.route_and_gateway(msg)
+        ex.route = route or ""
+        # The stream's gRPC metadata first; else the virtual host's (Envoy Gateway's).
+        ex.gateway = ex.gateway or virtual_host_gateway
         ex.snapshot = self.snapshot
-        ex.route_budgets = ex.snapshot.index.for_route(ex.route)
+        ex.route_budgets = ex.snapshot.index.for_route(ex.route, ex.gateway)
         if ex.route_budgets is None:
+            # Visible by route, so a route named unlike any policy's target shows up.
+            self.metrics.count_unenforced(ex.route)
             return wire.UNTOUCHED_REQUEST_HEADERS
         ex.headers = wire.header_map(msg.request_headers.headers)
         ex.attributes = wire.attribute_strings(msg)
@@ -419,6 +426,7 @@ class BudgetService:
         log.info(
             "request",
             route=ex.route,
+            gateway=ex.gateway or None,
             **{
                 "http.status": ex.status,
                 "gen_ai.provider.name": ex.provider,

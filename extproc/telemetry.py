@@ -7,11 +7,20 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 log = structlog.get_logger("extproc")
+
+# Distinct routes `extproc_unenforced_requests_total` names; any further one is counted
+# under OTHER_ROUTES. Route names come from Envoy's configuration, yet a gateway with
+# thousands of routes must not make thousands of series.
+UNENFORCED_ROUTE_LABELS = 200
+OTHER_ROUTES = "(other)"
 
 
 def configure_logging(level: str = "info") -> None:
@@ -94,6 +103,48 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2),
             registry=r,
         )
+        self.config_warnings = Gauge(
+            "extproc_config_warnings",
+            "In the running configuration: budgets no policy discovers (undiscovered_budget), "
+            "policies that discover no budget (idle_policy)",
+            ["warning"],
+            registry=r,
+        )
         self.config_reloads = Counter(
             "extproc_config_reloads", "Configuration reloads by result", ["result"], registry=r
         )
+        self.unenforced = RouteCounter(
+            "extproc_unenforced_requests",
+            f"Requests on routes no policy enforces, by route (at most {UNENFORCED_ROUTE_LABELS}"
+            f" routes; the rest as route={OTHER_ROUTES!r})",
+        )
+        r.register(self.unenforced)
+
+    def count_unenforced(self, route: str) -> None:
+        """One request on a route no policy enforces."""
+        self.unenforced.inc(route)
+
+
+class RouteCounter(Collector):
+    """A counter by route, kept as plain integers and made a metric only when scraped: the
+    hot path pays a dict lookup and an add. At most `max_routes` routes are named; any
+    further one is counted as OTHER_ROUTES."""
+
+    def __init__(self, name: str, documentation: str, max_routes: int = UNENFORCED_ROUTE_LABELS) -> None:
+        self.name, self.documentation, self.max_routes = name, documentation, max_routes
+        self.counts: dict[str, int] = {}
+
+    def inc(self, route: str) -> None:
+        counts = self.counts
+        if route in counts:
+            counts[route] += 1
+        elif len(counts) < self.max_routes:
+            counts[route] = 1
+        else:
+            counts[OTHER_ROUTES] = counts.get(OTHER_ROUTES, 0) + 1
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=["route"])
+        for route, count in self.counts.items():
+            family.add_metric([route], count)
+        yield family

@@ -33,7 +33,7 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer):
     ) -> AsyncIterator[wire.ProcessingResponse]:
         service = self.service
         metrics = service.metrics
-        ex = Exchange()
+        ex = Exchange(gateway=wire.invocation_gateway(context.invocation_metadata()))
         metrics.streams.inc()
         try:
             async for msg in request_iterator:

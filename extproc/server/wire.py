@@ -6,19 +6,28 @@ gives an empty header, setting both fails the request (FIELD-NOTES).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
-from google.protobuf.struct_pb2 import Struct
+from google.protobuf import text_format
+from google.protobuf.struct_pb2 import Struct, Value
 
 ProcessingRequest = pb.ProcessingRequest
 ProcessingResponse = pb.ProcessingResponse
 
 EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"
 ROUTE_ATTRIBUTE = "xds.route_name"
+# Envoy Gateway writes the Gateway a virtual host belongs to in the virtual host's
+# metadata: `envoy-gateway: {resources: [{kind: Gateway, namespace, name, sectionName}]}`.
+VIRTUAL_HOST_METADATA_ATTRIBUTE = "xds.virtual_host_metadata"
+ENVOY_GATEWAY_METADATA = "envoy-gateway"
+# The gateway a stream comes through, `NAMESPACE/NAME`, as gRPC metadata on the ext_proc
+# call: what a plain Envoy config or an Istio EnvoyFilter sets per gateway.
+GATEWAY_METADATA = "x-extproc-gateway"
 
 _Mode = processing_mode_pb2.ProcessingMode
 
@@ -77,12 +86,56 @@ def header_map(headers: base_pb2.HeaderMap) -> dict[str, str]:
     return out
 
 
-def route_name(request: ProcessingRequest) -> str | None:
+def route_and_gateway(request: ProcessingRequest) -> tuple[str | None, str]:
+    """The route name (None when Envoy sent none) and the `NAMESPACE/NAME` of the Gateway
+    in the `xds.virtual_host_metadata` attribute as Envoy Gateway writes it ("" when the
+    attribute or the Gateway is not there), read in one pass over the attributes."""
     attrs = request.attributes.get(EXT_PROC_ATTRIBUTES)
     if attrs is None:
-        return None
-    value = attrs.fields.get(ROUTE_ATTRIBUTE)
-    return value.string_value if value is not None else None
+        return None, ""
+    fields = attrs.fields
+    route = fields.get(ROUTE_ATTRIBUTE)
+    # Most configs send the route name alone: then skip the (costly) second lookup.
+    metadata = fields.get(VIRTUAL_HOST_METADATA_ATTRIBUTE) if len(fields) > 1 else None
+    return (
+        route.string_value if route is not None else None,
+        _gateway_in_metadata(metadata.string_value) if metadata is not None else "",
+    )
+
+
+@functools.lru_cache(maxsize=1024)  # one text per virtual host: parsed once each
+def _gateway_in_metadata(text: str) -> str:
+    # Envoy 1.40 sends a metadata attribute as the message's protobuf text format.
+    metadata = base_pb2.Metadata()
+    try:
+        text_format.Parse(text, metadata, allow_unknown_field=True)
+    except text_format.ParseError:
+        return ""
+    if ENVOY_GATEWAY_METADATA not in metadata.filter_metadata:
+        return ""
+    resources = metadata.filter_metadata[ENVOY_GATEWAY_METADATA].fields.get("resources")
+    if resources is None:
+        return ""
+    for item in resources.list_value.values:
+        fields = item.struct_value.fields
+        namespace, name = _text(fields, "namespace"), _text(fields, "name")
+        if _text(fields, "kind") == "Gateway" and namespace and name:
+            return f"{namespace}/{name}"
+    return ""
+
+
+def _text(fields: Mapping[str, Value], key: str) -> str:
+    value = fields.get(key)
+    return value.string_value if value is not None else ""
+
+
+def invocation_gateway(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+    """The gateway identity in the ext_proc stream's gRPC metadata (`GATEWAY_METADATA`,
+    set by the filter's `grpc_service.initial_metadata`), or ""."""
+    for key, value in metadata or ():
+        if key == GATEWAY_METADATA:
+            return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return ""
 
 
 def attribute_strings(request: ProcessingRequest) -> dict[str, str]:

@@ -122,7 +122,7 @@ class Sidecar(Proc):
             self.grpc_port = free_port()
             self.admin_port = free_port()
             return [
-                sys.executable, "-m", "extproc.cli", "serve", "--config", *config,
+                sys.executable, "-m", "extproc.cli", "serve", *(["--config", *config] if config else []),
                 "--grpc-address", f"127.0.0.1:{self.grpc_port}",
                 "--admin-address", f"127.0.0.1:{self.admin_port}",
                 *(["--redis-url", redis_url] if redis_url else []),
@@ -166,14 +166,19 @@ class Envoy(Proc):
         transform: Callable[[str], str] | None = None,
         template: str = "envoy.yaml",
         values: dict[str, str] | None = None,
+        extra_ports: tuple[str, ...] = (),
     ) -> None:
+        """`extra_ports` names more placeholders to fill with free ports (a second
+        listener's), found afterwards in `.ports`."""
         self.config_path = Path(tempfile.mkstemp(prefix="envoy-", suffix=".yaml")[1])
 
         def argv() -> list[str]:
             self.port = free_port()
             self.admin_port = free_port()
+            self.ports = {name: free_port() for name in extra_ports}
+            filled = {**(values or {}), **{k: str(v) for k, v in self.ports.items()}}
             text = render_envoy_config(
-                self.port, self.admin_port, upstream_port, extproc_ports, template, values
+                self.port, self.admin_port, upstream_port, extproc_ports, template, filled
             )
             self.config_path.write_text(transform(text) if transform is not None else text)
             return [

@@ -290,6 +290,9 @@ def test_a_list_never_counts_less_than_any_one_of_its_values(
     assert {c.counter_id for c in match(resources, one_each)} <= as_lists
 
 
+CHAT = TargetRef(kind="HTTPRoute", name="chat", namespace="team-a")
+
+
 def test_route_names_match_name_namespace_name_and_envoy_gateway_form() -> None:
     ref = TargetRef(kind="HTTPRoute", name="budget-demo", namespace="agentgateway-system")
     assert route_matches(ref, "budget-demo")
@@ -300,8 +303,86 @@ def test_route_names_match_name_namespace_name_and_envoy_gateway_form() -> None:
     assert not route_matches(ref, "budget-demo-2")
 
 
-def test_gateway_target_enforces_every_route() -> None:
-    assert route_matches(TargetRef(kind="Gateway", name="gw", namespace="ai"), "anything")
+def test_istio_names_a_rule_namespace_name_index_and_a_named_rule_by_its_name_alone() -> None:
+    # conversion.go: `obj.Namespace + "." + obj.Name + "." + pos`, or the rule's own name.
+    assert route_matches(CHAT, "team-a.chat.0")
+    assert route_matches(CHAT, "team-a.chat.12")
+    assert route_matches(CHAT, "chat")  # a rule named `chat`: nothing says whose
+    assert not route_matches(CHAT, "team-a.chat")  # no rule index
+    assert not route_matches(CHAT, "team-a.chat.x")
+    assert not route_matches(CHAT, "team-a.chat.0.extra")
+
+
+def test_envoy_gateway_names_with_any_host_and_a_rule_without_matches() -> None:
+    for host in ("*", "llm_example_com", "*_example_com", "api_v2_example_co_uk"):
+        assert route_matches(CHAT, f"httproute/team-a/chat/rule/0/match/0/{host}")
+    assert route_matches(CHAT, "httproute/team-a/chat/rule/3/match/-1/*")  # no matches
+    assert route_matches(CHAT, "httproute/team-a/chat/rule/0/match/1")  # no host (older releases)
+    assert not route_matches(CHAT, "grpcroute/team-a/chat/rule/0/match/0/*")
+    assert not route_matches(CHAT, "httproute/team-a/chat/rules/0/match/0/*")
+    assert not route_matches(CHAT, "httproute/team-a/chat-2/rule/0/match/0/*")
+
+
+def test_names_with_dots_and_hyphens_match_exactly_on_namespace_and_name() -> None:
+    assert not route_matches(CHAT, "team-a.chat-2.0")
+    assert not route_matches(TargetRef("HTTPRoute", "chat", "team"), "team-a.chat-2.0")
+    assert route_matches(TargetRef("HTTPRoute", "chat-2", "team-a"), "team-a.chat-2.0")
+    dotted = TargetRef("HTTPRoute", "chat.v2", "team-a")
+    assert route_matches(dotted, "team-a.chat.v2.0")
+    assert route_matches(dotted, "team-a/chat.v2")
+    assert route_matches(dotted, "httproute/team-a/chat.v2/rule/0/match/0/*")
+    assert not route_matches(CHAT, "team-a.chat.v2.0")
+    assert not route_matches(TargetRef("HTTPRoute", "v2", "team-a.chat"), "team-a.chat.v2.0")
+
+
+_namespace = st.from_regex(r"[a-z0-9]([-a-z0-9]{0,6}[a-z0-9])?", fullmatch=True)
+_route_name = st.from_regex(r"[a-z0-9]([-a-z0-9.]{0,8}[a-z0-9])?", fullmatch=True)
+
+
+@given(ns=_namespace, name=_route_name, other_ns=_namespace, other_name=_route_name, rule=st.integers(0, 20))
+def test_each_gateways_form_matches_its_own_httproute_and_no_other(
+    ns: str, name: str, other_ns: str, other_name: str, rule: int
+) -> None:
+    for route in (f"{ns}.{name}.{rule}", f"{ns}/{name}", f"httproute/{ns}/{name}/rule/{rule}/match/0/*"):
+        assert route_matches(TargetRef("HTTPRoute", name, ns), route)
+        if (other_ns, other_name) != (ns, name) and other_name != route:
+            assert not route_matches(TargetRef("HTTPRoute", other_name, other_ns), route)
+
+
+def test_another_namespaces_route_of_the_same_name_is_not_matched() -> None:
+    for name in ("team-b.chat.0", "team-b/chat", "httproute/team-b/chat/rule/0/match/0/*"):
+        assert not route_matches(CHAT, name)
+        assert route_matches(TargetRef("HTTPRoute", "chat", "team-b"), name)
+    assert not route_matches(CHAT, "team-a-b.chat.0")
+
+
+def test_a_gateway_ref_matches_only_the_routes_its_gateway_serves() -> None:
+    ref = TargetRef(kind="Gateway", name="gw", namespace="team-a")
+    assert route_matches(ref, "anything", gateway="team-a/gw")
+    assert not route_matches(ref, "anything", gateway="team-a/other")
+    assert not route_matches(ref, "anything", gateway="team-b/gw")
+    assert not route_matches(ref, "anything", gateway="team-a/gw-2")
+
+
+def test_a_gateway_ref_matches_nothing_when_the_request_names_no_gateway() -> None:
+    assert not route_matches(TargetRef(kind="Gateway", name="gw", namespace="team-a"), "anything")
+    assert not route_matches(TargetRef(kind="Gateway", name="gw", namespace="team-a"), "x", gateway="")
+
+
+def test_an_httproute_ref_matches_on_every_gateway() -> None:
+    assert route_matches(CHAT, "team-a.chat.0", gateway="team-z/elsewhere")
+
+
+def test_the_index_answers_per_gateway_and_route() -> None:
+    policy = EnforcementPolicy("team-a", "gw", (TargetRef("Gateway", "gw-a", "team-a"),))
+    config = Config(
+        budgets=(BudgetResource("team-a", "b", (entry("x", None, "b", "team-a"),)),), policies=(policy,)
+    )
+    index = BudgetIndex(config)
+    assert index.for_route("team-a.api.0", "team-a/gw-a") is not None
+    assert index.for_route("team-a.api.0", "team-a/gw-b") is None
+    assert index.for_route("team-a.api.0") is None
+    assert index.for_route("team-a.api.0", "team-a/gw-a") is not None  # cached apart
 
 
 def _config(discovery: DiscoveryMode, selector: dict[str, str] | None = None) -> Config:

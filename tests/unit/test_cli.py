@@ -55,3 +55,29 @@ def test_price_of_an_unknown_model_is_zero_with_a_warning(capsys: pytest.Capture
     out = capsys.readouterr()
     assert out.out.strip() == "0"
     assert "not in any catalog" in out.err
+
+
+def test_check_warns_of_a_budget_no_policy_discovers_and_a_policy_that_discovers_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "c.yaml").write_text(
+        "apiVersion: budgets.extproc.dev/v1alpha1\nkind: Budget\nmetadata: {name: b, namespace: team-b}\n"
+        "spec:\n  budgets:\n  - {name: e, limit: {unit: USD, amount: 5}, window: {unit: Day},"
+        " onBudgetExceeded: Block}\n---\n"
+        "apiVersion: budgets.extproc.dev/v1alpha1\nkind: BudgetPolicy\nmetadata: {name: p, namespace: team-a}\n"
+        "spec: {targetRefs: [{kind: HTTPRoute, name: chat}]}\n"
+    )
+    assert main(["check", str(tmp_path)]) == 0  # warnings, not errors: the files are valid
+    assert capsys.readouterr().err.splitlines() == [
+        'warning: budget team-b/b: no policy\'s discovery reaches namespace "team-b"; it is not enforced',
+        "warning: policy team-a/p: its discovery (Same) reaches no budget",
+    ]
+
+
+def test_check_refuses_a_misspelt_kind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "typo.yaml").write_text(
+        "apiVersion: enterpriseagentgateway.solo.io/v1alpha1\nkind: EnterpriseAgentGatewayBudget\n"
+        "metadata: {name: b}\nspec: {budgets: []}\n"
+    )
+    assert main(["check", str(tmp_path)]) == 1
+    assert 'did you mean "EnterpriseAgentgatewayBudget"?' in capsys.readouterr().err

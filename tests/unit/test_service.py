@@ -34,7 +34,7 @@ from extproc.config.model import (
 from extproc.server.grpc import ExternalProcessor
 from extproc.service import BudgetService, Exchange, Snapshot, counter_for
 from extproc.store import MemoryStore, StoreUnavailable
-from extproc.telemetry import Metrics
+from extproc.telemetry import OTHER_ROUTES, UNENFORCED_ROUTE_LABELS, Metrics
 
 CATALOG = CatalogDocument(
     source="test",
@@ -188,7 +188,13 @@ async def test_streamed_request_gets_include_usage_and_the_usage_chunk_is_hidden
 
 
 class _Context:
-    pass
+    """What the stream loop reads of a grpc.aio context: the call's gRPC metadata."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...] = ()) -> None:
+        self._metadata = metadata
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
 
 
 async def _aiter(items: Iterable[pb.ProcessingRequest]) -> AsyncIterator[pb.ProcessingRequest]:
@@ -525,3 +531,78 @@ async def test_an_entry_with_too_many_combinations_is_capped_and_logged() -> Non
     assert len(ex.charges) == 64
     capped = [x for x in logs if x["event"] == "subject combinations capped"]
     assert capped and capped[0]["budget_ids"] == ["ns/teams/everyone-else"]
+
+
+def gateway_config() -> Config:
+    """1,000 tokens a day on every route of Gateway team-a/gw-a."""
+    entries = (BudgetEntry("team-a", "b", "tokens", Unit.TOKENS, Decimal(1000), Window.DAY, Action.BLOCK),)
+    policy = EnforcementPolicy("team-a", "p", (TargetRef("Gateway", "gw-a", "team-a"),))
+    return Config(budgets=(BudgetResource("team-a", "b", entries),), policies=(policy,), catalogs=(CATALOG,))
+
+
+def _unenforced(service: BudgetService, route: str) -> float | None:
+    return service.metrics.registry.get_sample_value("extproc_unenforced_requests_total", {"route": route})
+
+
+async def test_the_gateway_named_in_the_streams_grpc_metadata_scopes_a_gateway_ref() -> None:
+    service = BudgetService(Snapshot(gateway_config()), MemoryStore(), Metrics())
+    msgs = [headers_msg("request_headers", {":path": "/v1/chat/completions"}, "team-a.api.0")]
+    for gateway, enforced in (("team-a/gw-a", True), ("team-a/gw-b", False), ("team-b/gw-a", False)):
+        context = _Context((("x-forwarded-for", "192.0.2.2"), ("x-extproc-gateway", gateway)))
+        (reply,) = [r async for r in ExternalProcessor(service).Process(_aiter(msgs), context)]  # type: ignore[arg-type]
+        assert reply.HasField("mode_override") is not enforced, gateway  # untouched: skip the bodies
+    # No gateway said: a Gateway ref selects nothing, and the request counts as unenforced.
+    (reply,) = [r async for r in ExternalProcessor(service).Process(_aiter(msgs), _Context())]  # type: ignore[arg-type]
+    assert reply.HasField("mode_override")
+    assert _unenforced(service, "team-a.api.0") == 3
+
+
+def _envoy_gateway_virtual_host(namespace: str, name: str) -> str:
+    """`xds.virtual_host_metadata` as Envoy 1.40 sends it: the Metadata's text format."""
+    return (
+        'filter_metadata { key: "envoy-gateway" value { fields { key: "resources" value { list_value {'
+        ' values { struct_value { fields { key: "kind" value { string_value: "Gateway" } }'
+        f' fields {{ key: "name" value {{ string_value: "{name}" }} }}'
+        f' fields {{ key: "namespace" value {{ string_value: "{namespace}" }} }}'
+        ' fields { key: "sectionName" value { string_value: "http" } } } } } } } } } '
+    )
+
+
+async def test_envoy_gateways_virtual_host_metadata_names_the_gateway() -> None:
+    service = BudgetService(Snapshot(gateway_config()), MemoryStore(), Metrics())
+    for (namespace, name), enforced in ((("team-a", "gw-a"), True), (("team-a", "gw-b"), False)):
+        ex = Exchange()
+        msg = headers_msg(
+            "request_headers", {":path": "/v1/chat/completions"}, "httproute/team-a/x/rule/0/match/0/*"
+        )
+        msg.attributes["envoy.filters.http.ext_proc"].update(
+            {"xds.virtual_host_metadata": _envoy_gateway_virtual_host(namespace, name)}
+        )
+        await service.handle(ex, msg)
+        assert ex.gateway == f"{namespace}/{name}"
+        assert (ex.route_budgets is not None) is enforced
+    # The stream's gRPC metadata, when there, wins; metadata Envoy Gateway did not write is no gateway.
+    ex = Exchange(gateway="team-a/gw-b")
+    await service.handle(ex, msg)
+    assert ex.gateway == "team-a/gw-b"
+    ex = Exchange()
+    junk = headers_msg("request_headers", {":path": "/"}, "r")
+    junk.attributes["envoy.filters.http.ext_proc"].update({"xds.virtual_host_metadata": "filter_metadata {"})
+    await service.handle(ex, junk)
+    assert ex.gateway == "" and ex.route_budgets is None
+
+
+async def test_unenforced_requests_are_counted_by_route_with_the_labels_capped(
+    service: BudgetService,
+) -> None:
+    for i in range(UNENFORCED_ROUTE_LABELS + 5):
+        await service.handle(Exchange(), headers_msg("request_headers", {":path": "/"}, f"route-{i}"))
+    await service.handle(Exchange(), headers_msg("request_headers", {":path": "/"}, "route-0"))
+    await service.handle(Exchange(), headers_msg("request_headers", {":path": "/"}, "budget-demo"))
+    assert _unenforced(service, "route-0") == 2
+    assert _unenforced(service, OTHER_ROUTES) == 5
+    samples = service.metrics.registry.collect()
+    routes = {
+        s.labels["route"] for m in samples for s in m.samples if s.name == "extproc_unenforced_requests_total"
+    }
+    assert len(routes) == UNENFORCED_ROUTE_LABELS + 1 and "budget-demo" not in routes

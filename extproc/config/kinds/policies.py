@@ -95,6 +95,13 @@ def _discovery(r: Reporter, node: Node | None, path: str) -> tuple[DiscoveryMode
         labels = r.text_map(
             r.get(selector, "matchLabels", f"{path}.selector"), f"{path}.selector.matchLabels"
         )
+        if mode is DiscoveryMode.SELECTOR and labels == {}:
+            # An empty selector selects every namespace: say All if that is what is meant.
+            r.add(
+                selector.line,
+                f"{path}.selector.matchLabels",
+                "must name at least one label (for every namespace, use from: All)",
+            )
         if mode is not DiscoveryMode.SELECTOR:
             # Silently ignoring it would discover other namespaces than the author meant.
             r.add(

@@ -1704,3 +1704,20 @@ def test_other_kinds_of_the_report_groups_and_of_other_groups_are_left_alone(tmp
         """
     config = load_config([write(tmp_path, "b.yaml", text)])
     assert config.budgets == () and config.policies == ()
+
+
+def test_a_selector_with_no_labels_is_refused_rather_than_selecting_every_namespace(tmp_path):
+    text = """\
+        apiVersion: budgets.extproc.dev/v1alpha1
+        kind: BudgetPolicy
+        metadata: {name: p}
+        spec:
+          targetRefs: [{kind: HTTPRoute, name: chat}]
+          discovery:
+            from: Selector
+            selector: {matchLabels: {}}
+        """
+    assert problems_in(tmp_path, text) == [
+        "b.yaml:8: spec.discovery.selector.matchLabels: must name at least one label "
+        "(for every namespace, use from: All)"
+    ]

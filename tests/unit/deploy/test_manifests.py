@@ -44,7 +44,10 @@ def test_every_ext_proc_block_parses_as_envoys_proto_and_matches_the_tested_one(
     for block in (*tested, *istio, *jwt):
         message = ext_proc_pb2.ExternalProcessor()
         json_format.ParseDict({k: v for k, v in block.items() if k != "@type"}, message)
-        message.ClearField("grpc_service")  # the cluster name differs by platform
+        # Each names its gateway for policies' Gateway targetRefs (the value is per gateway).
+        assert [m.key for m in message.grpc_service.initial_metadata] == ["x-extproc-gateway"]
+        assert message.grpc_service.initial_metadata[0].value.count("/") == 1
+        message.ClearField("grpc_service")  # the cluster name and gateway differ by platform
         parsed.append(message)
     assert parsed[0] == parsed[1] == parsed[2]
     assert list(parsed[0].request_attributes) == ["xds.route_name"]
