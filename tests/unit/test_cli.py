@@ -64,7 +64,8 @@ def test_check_warns_of_a_budget_no_policy_discovers_and_a_policy_that_discovers
         "apiVersion: budgets.extproc.dev/v1alpha1\nkind: Budget\nmetadata: {name: b, namespace: team-b}\n"
         "spec:\n  budgets:\n  - {name: e, limit: {unit: USD, amount: 5}, window: {unit: Day},"
         " onBudgetExceeded: Block}\n---\n"
-        "apiVersion: budgets.extproc.dev/v1alpha1\nkind: BudgetPolicy\nmetadata: {name: p, namespace: team-a}\n"
+        "apiVersion: budgets.extproc.dev/v1alpha1\nkind: BudgetPolicy\n"
+        "metadata: {name: p, namespace: team-a}\n"
         "spec: {targetRefs: [{kind: HTTPRoute, name: chat}]}\n"
     )
     assert main(["check", str(tmp_path)]) == 0  # warnings, not errors: the files are valid
