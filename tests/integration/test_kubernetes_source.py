@@ -364,3 +364,79 @@ async def test_a_leader_that_stops_renewing_is_replaced_after_the_lease(
         assert await other.try_acquire_or_renew()
     finally:
         await api.close()
+
+
+async def test_the_catalog_comes_from_exactly_the_config_map_a_parameters_names(harness: Harness) -> None:
+    kube = harness.kube
+    catalog = "providers:\n  openai:\n    models:\n      gpt-4o: {rates: {input: '2.50', output: '10'}}\n"
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "prices", "namespace": "gw"},
+            "data": {"c.yaml": catalog},
+        }
+    )
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "other", "namespace": "gw"},
+            "data": {},
+        }
+    )
+    kube.apply(
+        {
+            "apiVersion": "enterpriseagentgateway.solo.io/v1alpha1",
+            "kind": "EnterpriseAgentgatewayParameters",
+            "metadata": {"name": "params", "namespace": "gw"},
+            "spec": {"modelCatalog": {"sources": [{"configMap": {"name": "prices", "key": "c.yaml"}}]}},
+        }
+    )
+
+    def rate() -> str | None:
+        config = harness.config
+        if config is None or not config.catalogs:
+            return None
+        return str(config.catalogs[0].providers["openai"]["gpt-4o"].input)
+
+    await harness.until(lambda: rate() == "2.50")
+    # Only that ConfigMap is read, by name: no list of every ConfigMap.
+    reads = [r for r in kube.requests if "configmaps" in r.path]
+    assert reads and all(r.query.get("fieldSelector") == "metadata.name=prices" for r in reads)
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "prices", "namespace": "gw"},
+            "data": {"c.yaml": catalog.replace("'2.50'", "'3'")},
+        }
+    )
+    await harness.until(lambda: rate() == "3")
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "prices", "namespace": "gw"},
+            "data": {"c.yaml": "[]"},
+        }
+    )
+    await harness.until(lambda: harness.config is not None and not harness.config.catalogs)
+    (state,) = [s for s in harness.cluster.source.states if s.kind == "ConfigMap"]
+    assert [f"{p.path}: {p.reason}" for p in state.problems] == [
+        "data.c.yaml: must be a mapping, got a list"
+    ]
+
+
+@pytest.mark.parametrize("megabytes", [2.5, 6])
+async def test_a_huge_object_arrives_whole(harness: Harness, megabytes: float) -> None:
+    """Real objects stop near 1.5 MiB (etcd); a watch line past the client's reader limit is
+    logged and counted, and a fresh list (read whole) brings the object in."""
+    kube = harness.kube
+    kube.apply(budget("team-a", "small"))
+    await harness.until(lambda: limits(harness.config) == {"team-a/small/daily": 100})
+    note = "x" * int(megabytes * 1024 * 1024)
+    kube.apply(budget("team-a", "huge", amount=7, annotations={"note": note}))
+    await harness.until(lambda: limits(harness.config).get("team-a/huge/daily") == 7, timeout=10)
+    if megabytes > 4:
+        assert harness.metric("extproc_kubernetes_api_errors_total", kind="Budget", reason="malformed") >= 1

@@ -15,7 +15,6 @@ never applied, so the caller keeps the last good one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import stat
@@ -24,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from extproc.background import Background
 from extproc.config.errors import ConfigError, Problem
 from extproc.config.model import Config
 from extproc.config.sources.files import config_entries, load_config
@@ -162,22 +162,15 @@ class ConfigWatcher:
         self._on_error = on_error
         # The inputs as last looked at: loaded from, or rejected (not retried until they change).
         self._seen = loaded_from
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Background("config-watcher", self._run)
 
     def start(self) -> None:
-        if self._task is not None:
-            return
         if self._seen is None:
             self._seen = fingerprint(self.paths, self.catalog_files)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="config-watcher")
+        self._loop.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await self._loop.stop()
 
     async def _run(self) -> None:
         while True:

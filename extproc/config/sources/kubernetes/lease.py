@@ -19,6 +19,7 @@ from typing import Any
 
 from kubernetes_asyncio import client
 
+from extproc.background import Background
 from extproc.telemetry import log
 
 __all__ = ["LeaderElector"]
@@ -47,21 +48,17 @@ class LeaderElector:
         self.renew_seconds = renew_seconds
         self._leader_until = 0.0  # monotonic time our leadership is good until
         self._observed: tuple[str, float] | None = None  # (resourceVersion, when first seen)
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Background("leader-election", self._run)
 
     @property
     def is_leader(self) -> bool:
         return time.monotonic() < self._leader_until
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="leader-election")
+        self._loop.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._loop.stop()
         if self.is_leader:
             await self._release()
 

@@ -14,7 +14,6 @@ jittered backoff. Requests go through kubernetes_asyncio's typed API methods wit
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 from collections.abc import Callable, Mapping
@@ -23,8 +22,10 @@ from decimal import Decimal
 from typing import Any
 
 import aiohttp
+import aiohttp.http_exceptions
 from kubernetes_asyncio import client
 
+from extproc.background import Background
 from extproc.telemetry import log
 
 __all__ = ["ApiError", "Collection", "Reflector"]
@@ -113,20 +114,13 @@ class Reflector:
         self._on_change = on_change
         self._on_error = on_error or (lambda _collection, _reason: None)
         self._watch_seconds = watch_seconds
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Background(f"reflector {collection}", self._run)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name=f"reflector {self.collection}"
-            )
+        self._loop.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._loop.stop()
 
     # -- the loop -----------------------------------------------------------------
 
@@ -161,8 +155,13 @@ class Reflector:
                 self._failed(error, "cut")
             except (aiohttp.ClientError, OSError, TimeoutError) as error:
                 self._failed(error, "unreachable")
-            except ValueError as error:  # not JSON, or not an event: the server sent garbage
+            except (ValueError, aiohttp.http_exceptions.HttpProcessingError) as error:
+                # Not JSON, not an event, or a line over the reader's limit (LineTooLong).
                 self._failed(error, "malformed")
+                must_list = True  # a list is read whole: it gets past what the watch could not
+            except Exception as error:  # whatever else: this loop must outlive it
+                self._failed(error, "error")
+                must_list = True
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, _BACKOFF_MAX)
 

@@ -25,6 +25,7 @@ from typing import Any
 from kubernetes_asyncio import client
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from extproc.background import Background
 from extproc.catalog.model import CatalogDocument
 from extproc.config.assemble import Assembly, assemble
 from extproc.config.documents import from_object
@@ -187,7 +188,7 @@ class KubernetesSource:
         self._good: dict[str, Fragment] = {}  # uid -> the last valid fragment
         self._reported: set[tuple[str, str]] = set()  # (uid, resourceVersion) already logged
         self._dirty = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Background("kubernetes-source", self._run)
         self.ready = asyncio.Event()
 
     def _collections(self, collections: Iterable[Collection]) -> list[Collection]:
@@ -221,7 +222,7 @@ class KubernetesSource:
     async def start(self) -> None:
         for reflector in [*self._reflectors, *self._targets.values()]:
             reflector.start()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="kubernetes-source")
+        self._loop.start()
 
     async def wait_ready(self, timeout: float | None = None) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -229,11 +230,7 @@ class KubernetesSource:
         return self.ready.is_set()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._loop.stop()
         for reflector in [*self._reflectors, *self._targets.values(), *self._config_maps.values()]:
             await reflector.stop()
 
@@ -331,8 +328,9 @@ class KubernetesSource:
             version = (str(state.meta.get("uid")), f"met:{state.meta.get('resourceVersion')}")
             if version not in self._reported:
                 self._reported.add(version)
+                # A conflict with an older object, or a catalog a Parameters names that cannot be read.
                 log.error(
-                    "kubernetes object conflicts with another",
+                    "kubernetes object not applied in part",
                     object=state.label,
                     problems=[f"{p.path}: {p.reason}" for p in met],
                 )

@@ -23,6 +23,7 @@ from typing import Any
 from kubernetes_asyncio import client
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from extproc.background import Background
 from extproc.budgets import discovered
 from extproc.config.model import Config, EnforcementPolicy
 from extproc.config.sources.kubernetes.reflector import Reflector
@@ -246,7 +247,7 @@ class StatusWriter:
         self._resync = resync
         self._pending: list[tuple[ObjectState, dict[str, Any]]] = []
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Background("status-writer", self._run)
         self._failing: set[str] = set()
 
     def offer(
@@ -266,14 +267,10 @@ class StatusWriter:
         self._wake.set()
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="status-writer")
+        self._loop.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._loop.stop()
 
     async def _run(self) -> None:
         while True:
