@@ -257,7 +257,10 @@ async def test_not_ready_until_the_first_full_list(kube: KubeApiServer, tmp_path
         assert not await h.cluster.source.wait_ready(0.5)
         assert h.config is None
         kube.start()
-        assert await h.cluster.source.wait_ready(15)
+        ready = await h.cluster.source.wait_ready(15)
+        assert ready, "\n".join(
+            f"{r.collection} {r.synced.is_set()} {r.problem}" for r in h.cluster.source._reflectors
+        )
     finally:
         await h.cluster.stop()
 
@@ -423,9 +426,7 @@ async def test_the_catalog_comes_from_exactly_the_config_map_a_parameters_names(
     )
     await harness.until(lambda: harness.config is not None and not harness.config.catalogs)
     (state,) = [s for s in harness.cluster.source.states if s.kind == "ConfigMap"]
-    assert [f"{p.path}: {p.reason}" for p in state.problems] == [
-        "data.c.yaml: must be a mapping, got a list"
-    ]
+    assert [f"{p.path}: {p.reason}" for p in state.problems] == ["data.c.yaml: must be a mapping, got a list"]
 
 
 @pytest.mark.parametrize("megabytes", [2.5, 6])

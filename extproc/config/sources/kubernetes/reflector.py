@@ -147,7 +147,11 @@ class Reflector:
                     continue
                 self._failed(error, "forbidden" if error.code == 403 else f"http_{error.code or 'error'}")
                 if error.code in (403, 404):
-                    self.synced.set()  # nothing to wait for: say so, and keep trying slowly
+                    # Nothing to wait for: say so (the source may be waiting on this one
+                    # alone to apply its first configuration), and keep trying slowly.
+                    if not self.synced.is_set():
+                        self.synced.set()
+                        self._on_change()
                     delay = _BACKOFF_MAX
             except _Cut as error:
                 self._failed(error, "cut")
