@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -20,8 +21,8 @@ from extproc.server.admin import AdminServer
 from extproc.server.grpc import build_server, mark_serving
 from extproc.service import BudgetService, Settings, Snapshot
 from extproc.spend import spend_rows
-from extproc.store import open_store
-from extproc.telemetry import Metrics, configure_logging, log
+from extproc.store import FailoverStore, open_store
+from extproc.telemetry import Metrics, StoreStats, configure_logging, log
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,10 @@ class ServeOptions:
     # "files" (config_paths) or "kubernetes" (the cluster's resources, listed and watched).
     source: str = "files"
     cluster: ClusterOptions = field(default_factory=ClusterOptions)
+    # Spend not yet confirmed by Redis, on disk (with --redis-url); None: in memory only.
+    journal_dir: str | None = None
+    journal_fsync: str = "everysec"
+    journal_max_bytes: int = 256 * 1024 * 1024
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -181,7 +186,16 @@ async def serve(opts: ServeOptions, *, stop: asyncio.Event | None = None) -> Non
     warn_of_reach(config, metrics)
     # The store raises when Redis is unreachable; each route's policy (failureMode)
     # decides what admission does then. Spend recorded meanwhile is kept and replayed.
-    store = open_store(opts.redis_url, fail_open=False, timeout_seconds=opts.store_timeout_ms / 1000)
+    store = open_store(
+        opts.redis_url,
+        fail_open=False,
+        timeout_seconds=opts.store_timeout_ms / 1000,
+        journal_dir=opts.journal_dir,
+        journal_fsync=opts.journal_fsync,
+        journal_max_bytes=opts.journal_max_bytes,
+    )
+    if isinstance(store, FailoverStore):
+        metrics.registry.register(StoreStats(store))
     service = BudgetService(snapshot, store, metrics, opts.settings)
     server, port, health_servicer = build_server(service, opts.grpc_address, reuse_port=opts.workers > 1)
     live = LiveConfiguration(service, metrics)
@@ -238,10 +252,12 @@ def run(opts: ServeOptions) -> int:
         return 0
     # Fork before any gRPC object exists: one event loop per process, same port.
     children = []
-    for _ in range(opts.workers):
+    for worker in range(opts.workers):
         pid = os.fork()
         if pid == 0:
-            asyncio.run(serve(opts))
+            # Each worker its own journal: one process per directory (it is locked).
+            journal = os.path.join(opts.journal_dir, f"worker-{worker}") if opts.journal_dir else None
+            asyncio.run(serve(dataclasses.replace(opts, journal_dir=journal)))
             os._exit(0)
         children.append(pid)
 

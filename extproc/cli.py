@@ -46,6 +46,21 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--hold-lease-seconds", type=int, default=int(_env("HOLD_LEASE_SECONDS", "300") or 300)
     )
+    serve.add_argument(
+        "--journal-dir",
+        default=_env("JOURNAL_DIR"),
+        metavar="DIR",
+        help="with --redis-url: keep spend not yet confirmed by Redis here, replayed after a restart",
+    )
+    serve.add_argument(
+        "--journal-fsync",
+        choices=["always", "everysec"],
+        default=_env("JOURNAL_FSYNC", "everysec"),
+        help="everysec: a killed process loses nothing, power loss up to 1 s; always: nothing, an fsync each",
+    )
+    serve.add_argument(
+        "--journal-max-mb", type=int, default=int(_env("JOURNAL_MAX_MB", "256") or 256), metavar="MB"
+    )
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
     serve.add_argument(
         "--reload-interval",
@@ -152,6 +167,9 @@ def _serve(args: argparse.Namespace) -> int:
         reload_interval=args.reload_interval,
         settings=Settings(hold_lease_seconds=args.hold_lease_seconds),
         source=args.source,
+        journal_dir=args.journal_dir,
+        journal_fsync=args.journal_fsync,
+        journal_max_bytes=args.journal_max_mb * 1024 * 1024,
         cluster=ClusterOptions(
             kubeconfig=args.kubeconfig,
             namespaces=tuple(args.namespaces or _env_list("NAMESPACES")),

@@ -8,10 +8,11 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterator
+from typing import ClassVar
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 log = structlog.get_logger("extproc")
@@ -148,3 +149,31 @@ class RouteCounter(Collector):
         for route, count in self.counts.items():
             family.add_metric([route], count)
         yield family
+
+
+class StoreStats(Collector):
+    """The spend store's own figures (records not yet confirmed by Redis, the journal),
+    read at scrape time from its `stats()`."""
+
+    _HELP: ClassVar[dict[str, tuple[str, str]]] = {
+        "pending_records": ("gauge", "Records not yet confirmed by Redis, waiting to be sent again"),
+        "retried_unknown_records": ("counter", "Records sent again after an unknown outcome"),
+        "replayed_records": ("counter", "Records confirmed by Redis on a replay"),
+        "duplicate_records": ("counter", "Counters on which a record arrived again and added nothing"),
+        "journal_unacknowledged": ("gauge", "Records in the journal not yet confirmed"),
+        "journal_bytes": ("gauge", "Size of the journal on disk"),
+        "journal_full_records": ("counter", "Records not journaled because the journal was full"),
+        "journal_bad_lines": ("counter", "Journal lines skipped as unreadable at start"),
+        "journal_write_errors": ("counter", "Journal writes that failed (a full disk, say)"),
+        "journal_recovered_records": ("gauge", "Unconfirmed records found in the journal at start"),
+    }
+
+    def __init__(self, store: object) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._store.stats()  # type: ignore[attr-defined]
+        for name, value in stats.items():
+            kind, text = self._HELP.get(name, ("gauge", name))
+            family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            yield family(f"extproc_store_{name}", text, value=value)

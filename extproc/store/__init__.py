@@ -11,11 +11,13 @@ from extproc.store.base import (
     Counter,
     CounterState,
     LocalAdmission,
+    RecordId,
     SpendStore,
     StoreOutcomeUnknown,
     StoreUnavailable,
 )
 from extproc.store.failover import FailoverStore
+from extproc.store.journal import Journal, JournaledRecord, JournalLocked
 from extproc.store.memory import MemoryStore
 from extproc.store.redis import RedisStore
 from extproc.store.windows import BUCKET_SECONDS, bucket_seconds_for
@@ -26,8 +28,12 @@ __all__ = [
     "Counter",
     "CounterState",
     "FailoverStore",
+    "Journal",
+    "JournalLocked",
+    "JournaledRecord",
     "LocalAdmission",
     "MemoryStore",
+    "RecordId",
     "RedisStore",
     "SpendStore",
     "StoreOutcomeUnknown",
@@ -37,17 +43,33 @@ __all__ = [
 ]
 
 
-def open_store(redis_url: str | None, *, fail_open: bool = True, timeout_seconds: float = 0.1) -> SpendStore:
+def open_store(
+    redis_url: str | None,
+    *,
+    fail_open: bool = True,
+    timeout_seconds: float = 0.1,
+    journal_dir: str | None = None,
+    journal_fsync: str = "everysec",
+    journal_max_bytes: int = 256 * 1024 * 1024,
+) -> SpendStore:
     """The store for a sidecar: no URL -> in memory; a URL -> Redis with the failure mode.
 
     `fail_open` is the policy's failureMode (Open: admit on the local view and replay the
     spend later; Closed: reject while Redis is unreachable). `timeout_seconds` bounds
     each Redis call: keep it well inside Envoy's ext_proc message_timeout (200 ms).
+    `journal_dir` keeps spend not yet confirmed by Redis on disk, replayed after a restart
+    (see `journal.Journal`); raises JournalLocked if another process uses it.
     """
     if redis_url is None:
         return MemoryStore()
+    journal = recovered = None
+    if journal_dir is not None:
+        journal = Journal(journal_dir, fsync=journal_fsync, max_bytes=journal_max_bytes)
+        recovered = journal.open()
     return FailoverStore(
         RedisStore(redis_url, timeout_seconds=timeout_seconds),
         fail_open=fail_open,
         local=MemoryStore(),
+        journal=journal,
+        recovered=recovered or (),
     )

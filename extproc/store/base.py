@@ -49,6 +49,21 @@ class CounterState:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordId:
+    """Makes a record idempotent: the store applies each (writer, seq) at most once.
+
+    `writer` names one process's run (a random id, or the one a journaled record was
+    written under); `seq` grows with each record it writes. `low` is the writer's promise
+    that every record of it below `low` is confirmed and will never be sent again, which
+    lets the store forget them: it keeps a high-water mark below `low` and the ids above.
+    """
+
+    writer: str
+    seq: int
+    low: int
+
+
+@dataclass(frozen=True, slots=True)
 class AdmitResult:
     admitted: bool
     # One state per counter, in the order given.
@@ -71,11 +86,18 @@ class SpendStore(Protocol):
         ...
 
     async def record(
-        self, counters: Sequence[Counter], amounts: Sequence[int], hold_id: str, now: float
+        self,
+        counters: Sequence[Counter],
+        amounts: Sequence[int],
+        hold_id: str,
+        now: float,
+        record_id: RecordId | None = None,
     ) -> None:
         """Add spend to the current bucket of each counter and release this request's holds.
 
-        One round trip. Never retried blindly: an increment applied twice double-counts.
+        One round trip. With a `record_id` the record is applied at most once however often
+        it is sent, so a record whose outcome is unknown can be sent again until confirmed;
+        without one it must never be retried blindly (an increment applied twice double-counts).
         """
         ...
 

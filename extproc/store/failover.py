@@ -4,16 +4,15 @@
   primary last answered for it, plus what this replica spent and holds since; `Closed`
   raises StoreUnavailable (the caller answers 503). A caller that decides per request
   (per route policy) builds the store closed and calls `admit_locally` for open routes.
-- record: spend is never dropped. If the primary provably did not apply it, it joins
-  the pending spend and is replayed when the primary answers again; the local store
-  counts it meanwhile so fail-open admission sees it.
+- record: spend is never dropped and never counted twice. Each record gets an id
+  (`RecordId`: this process's writer id and a sequence number), which the primary applies
+  at most once. A record the primary did not confirm (not sent, or sent with no answer:
+  StoreOutcomeUnknown) is kept and sent again, with the same id, until it is confirmed;
+  the local store counts it meanwhile so fail-open admission sees it.
+- With a `Journal`, every record is written to disk before it is sent and acknowledged
+  once confirmed, so a sidecar that dies (SIGKILL, OOM, a node drain) replays what it had
+  not confirmed when it starts again: `recovered` records join the replay queue.
 - release: best effort; a hold the primary never hears about ends with its lease.
-
-Replay is at most once per attempt. A record whose outcome is unknown (the script was
-sent, then the deadline expired or the connection broke: StoreOutcomeUnknown) is not
-queued: replaying it could double-count, and a double count turns into false 429s for
-everyone on that budget, whereas a lost record under-counts one request. It is counted
-in `uncertain_records` and logged with its amounts, so an operator can reconcile.
 
 After a failure the primary is skipped for `retry_after_seconds`, so an outage costs
 one deadline, not one per request; the replay task is what probes it meanwhile.
@@ -23,21 +22,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
+import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import structlog
 
-from extproc.store import windows
 from extproc.store.base import (
     AdmitResult,
     Counter,
     CounterState,
+    RecordId,
     SpendStore,
     StoreOutcomeUnknown,
     StoreUnavailable,
 )
+from extproc.store.journal import Journal, JournaledRecord
 from extproc.store.memory import MemoryStore
 
 log = structlog.get_logger(__name__)
@@ -45,19 +47,29 @@ log = structlog.get_logger(__name__)
 # How many counters' last-seen spend is kept for outages.
 _LAST_SEEN_MAX = 100_000
 
-# Pending spend replays in batches of at most this many counters (one script call each).
-_REPLAY_BATCH = 64
 
-# Pending spend is kept per (counter id, window, bucket, bucket index): an outage of any
-# length costs memory in proportion to the counters and buckets it touched, not to the
-# number of requests, and replay lands every amount in the bucket it was spent in.
-_PendingKey = tuple[str, int, int, int]
+class _OpenSeqs:
+    """One writer's records sent (or queued) but not confirmed: the lowest is its low-water
+    mark, the promise the store may forget every record below it."""
 
+    def __init__(self, after: int) -> None:
+        self._heap: list[int] = []
+        self._closed: set[int] = set()
+        # The low-water mark when nothing is open: the next seq this writer would use.
+        self.after = after
 
-@dataclass(slots=True)
-class _Pending:
-    counter: Counter
-    amount: int
+    def add(self, seq: int) -> None:
+        heapq.heappush(self._heap, seq)
+        self.after = max(self.after, seq + 1)
+
+    def close(self, seq: int) -> None:
+        self._closed.add(seq)
+        while self._heap and self._heap[0] in self._closed:
+            self._closed.discard(heapq.heappop(self._heap))
+
+    @property
+    def low(self) -> int:
+        return self._heap[0] if self._heap else self.after
 
 
 class FailoverStore:
@@ -71,14 +83,28 @@ class FailoverStore:
         local: MemoryStore,
         retry_after_seconds: float = 1.0,
         replay_interval_seconds: float = 1.0,
+        journal: Journal | None = None,
+        recovered: Sequence[JournaledRecord] = (),
+        writer: str | None = None,
     ) -> None:
         self._primary = primary
         self._local = local
         self._fail_open = fail_open
         self._retry_after = retry_after_seconds
         self._replay_interval = replay_interval_seconds
-        self._pending: dict[_PendingKey, _Pending] = {}
-        self._uncertain = 0
+        self._journal = journal
+        # This process's records: a fresh writer id per run, so seqs never repeat.
+        self.writer = writer or secrets.token_hex(8)
+        self._seqs = itertools.count(1)
+        self._open: dict[str, _OpenSeqs] = {self.writer: _OpenSeqs(1)}
+        # Records to send again, oldest first (recovered ones, then this run's).
+        self._pending: dict[tuple[str, int], JournaledRecord] = {}
+        for record in recovered:
+            self._open.setdefault(record.writer, _OpenSeqs(record.seq + 1)).add(record.seq)
+            self._pending[record.key] = record
+        self.recovered = len(recovered)
+        self._retried_unknown = 0
+        self._confirmed_replays = 0
         # Monotonic time before which the primary is not tried (0: try it).
         self._down_until = 0.0
         self._replay_lock = asyncio.Lock()
@@ -89,18 +115,40 @@ class FailoverStore:
         self._last_seen: dict[str, int] = {}
         # Counters whose last-seen spend has been copied into the local view this outage.
         self._seeded: set[str] = set()
+        with contextlib.suppress(RuntimeError):  # built inside the running loop: start now
+            asyncio.get_running_loop()
+            if self._journal is not None:
+                self._journal.start()
+            if self._pending:
+                self._start_replay_loop()  # recovered records go without waiting for traffic
 
     # -- what operators and tests look at -----------------------------------------------
 
     @property
     def pending_records(self) -> int:
-        """Spend waiting for replay, in (counter, bucket) entries."""
+        """Records waiting to be sent again (not yet confirmed by the primary)."""
         return len(self._pending)
 
     @property
     def uncertain_records(self) -> int:
-        """Records that may or may not have reached the primary; never replayed."""
-        return self._uncertain
+        """Records whose first send had an unknown outcome: sent again, applied once."""
+        return self._retried_unknown
+
+    def stats(self) -> dict[str, int]:
+        """What /metrics reports about spend not yet confirmed (see telemetry.StoreStats)."""
+        journal = self._journal.stats if self._journal is not None else None
+        return {
+            "pending_records": len(self._pending),
+            "retried_unknown_records": self._retried_unknown,
+            "replayed_records": self._confirmed_replays,
+            "duplicate_records": int(getattr(self._primary, "duplicates", 0)),
+            "journal_unacknowledged": self._journal.unacknowledged if self._journal else 0,
+            "journal_bytes": self._journal.size() if self._journal else 0,
+            "journal_full_records": journal.full if journal else 0,
+            "journal_bad_lines": journal.bad_lines if journal else 0,
+            "journal_write_errors": journal.write_errors if journal else 0,
+            "journal_recovered_records": self.recovered,
+        }
 
     @property
     def primary_down(self) -> bool:
@@ -157,25 +205,32 @@ class FailoverStore:
             self._last_seen[counter.id] = state.spend
 
     async def record(
-        self, counters: Sequence[Counter], amounts: Sequence[int], hold_id: str, now: float
+        self,
+        counters: Sequence[Counter],
+        amounts: Sequence[int],
+        hold_id: str,
+        now: float,
+        record_id: RecordId | None = None,
     ) -> None:
         self._start_replay_loop()
+        if all(amount <= 0 for amount in amounts):
+            await self._release_unspent(counters, hold_id, now)
+            return
+        record = JournaledRecord(self.writer, next(self._seqs), now, tuple(counters), tuple(amounts))
+        self._open[self.writer].add(record.seq)
+        if self._journal is not None and self._journal.append(record):
+            await self._journal.synced()  # `always`: on disk before it counts anywhere
         if not self.primary_down:
             try:
-                await self._primary.record(counters, amounts, hold_id, now)
-            except StoreOutcomeUnknown as exc:
+                await self._primary.record(counters, amounts, hold_id, now, self._id(record))
+            except StoreUnavailable as exc:
                 self._mark_down()
-                self._uncertain += 1
-                log.warning(
-                    "spend record outcome unknown",
-                    counters=[c.id for c in counters],
-                    amounts=list(amounts),
-                    error=str(exc),
-                )
-            except StoreUnavailable:
-                self._mark_down()
-                self._queue(counters, amounts, now)
+                if isinstance(exc, StoreOutcomeUnknown):
+                    # Maybe applied: sent again with the same id, applied at most once.
+                    self._retried_unknown += 1
+                    log.info("spend record outcome unknown; will send again", seq=record.seq, error=str(exc))
             else:
+                self._confirmed(record)
                 # The admit may have been local (during an outage): drop that hold too.
                 await self._local.release(counters, hold_id)
                 self._primary_answered()
@@ -183,9 +238,26 @@ class FailoverStore:
                     if counter.id in self._last_seen:
                         self._last_seen[counter.id] += amount
                 return
-        else:
-            self._queue(counters, amounts, now)
+        self._pending[record.key] = record
         self._local.record_now(counters, amounts, hold_id, now)
+
+    async def _release_unspent(self, counters: Sequence[Counter], hold_id: str, now: float) -> None:
+        """A record of nothing only releases holds: no id, no journal, best effort."""
+        await self._local.release(counters, hold_id)
+        if not self.primary_down:
+            try:
+                await self._primary.record(counters, [0] * len(counters), hold_id, now)
+            except StoreUnavailable:
+                self._mark_down()
+
+    def _id(self, record: JournaledRecord) -> RecordId:
+        return RecordId(record.writer, record.seq, self._open[record.writer].low)
+
+    def _confirmed(self, record: JournaledRecord) -> None:
+        self._open[record.writer].close(record.seq)
+        self._pending.pop(record.key, None)
+        if self._journal is not None:
+            self._journal.ack(record)
 
     async def release(self, counters: Sequence[Counter], hold_id: str) -> None:
         await self._local.release(counters, hold_id)
@@ -217,81 +289,43 @@ class FailoverStore:
         self._replay_loop = self._replay_now = None
         await self._primary.close()
         await self._local.close()
+        if self._journal is not None:
+            await self._journal.close()
 
     # -- replay -------------------------------------------------------------------------
 
     async def replay_pending(self) -> int:
-        """Send pending spend to the primary; returns how many entries it confirmed.
+        """Send pending records to the primary, oldest first; returns how many it confirmed.
 
         Tries the primary even while it is marked down (this is the probe). Stops at the
-        first failure; an entry leaves the queue only once the primary confirmed it, or
-        as uncertain if the outcome of its attempt is unknown.
+        first failure; a record leaves the queue only once the primary confirmed it. Each
+        goes with its own id and its own time, so it lands in the bucket it was spent in
+        and, if an earlier attempt did land, adds nothing.
         """
         if self._replay_lock.locked():
             return 0
         async with self._replay_lock:
             confirmed = 0
-            while self._pending:
-                batch = self._next_batch()
-                counters = [self._pending[key].counter for key in batch]
-                # Snapshot: records arriving while we await add to these same entries.
-                sent = [self._pending[key].amount for key in batch]
-                _, _, bucket_seconds, index = batch[0]
+            for key in list(self._pending):
+                record = self._pending.get(key)
+                if record is None:
+                    continue
                 try:
-                    # Replayed at its bucket's start, so it ages out when it would have.
-                    await self._primary.record(counters, sent, "", float(index * bucket_seconds))
-                except StoreOutcomeUnknown as exc:
-                    self._mark_down()
-                    self._uncertain += len(batch)
-                    self._subtract(batch, sent)
-                    log.warning(
-                        "spend replay outcome unknown",
-                        counters=[c.id for c in counters],
-                        amounts=sent,
-                        error=str(exc),
+                    await self._primary.record(
+                        record.counters, record.amounts, "", record.now, self._id(record)
                     )
-                    break
-                except StoreUnavailable:
+                except StoreUnavailable as exc:
                     self._mark_down()
+                    if isinstance(exc, StoreOutcomeUnknown):
+                        self._retried_unknown += 1
                     break
-                self._subtract(batch, sent)
-                confirmed += len(batch)
+                self._confirmed(record)
+                confirmed += 1
                 self._down_until = 0.0
             if confirmed:
-                log.info("spend replayed", entries=confirmed, pending=len(self._pending))
+                self._confirmed_replays += confirmed
+                log.info("spend replayed", records=confirmed, pending=len(self._pending))
             return confirmed
-
-    def _queue(self, counters: Sequence[Counter], amounts: Sequence[int], now: float) -> None:
-        now_ms = windows.to_millis(now)
-        for counter, amount in zip(counters, amounts, strict=True):
-            if amount <= 0:
-                continue
-            index = windows.bucket_index(now_ms, counter.bucket_seconds)
-            key = (counter.id, counter.window_seconds, counter.bucket_seconds, index)
-            entry = self._pending.get(key)
-            if entry is None:
-                self._pending[key] = _Pending(counter, amount)
-            else:
-                entry.counter = counter
-                entry.amount += amount
-
-    def _next_batch(self) -> list[_PendingKey]:
-        """The oldest entry and up to _REPLAY_BATCH - 1 others of the same bucket time."""
-        first = next(iter(self._pending))
-        batch = [first]
-        for key in self._pending:
-            if len(batch) >= _REPLAY_BATCH:
-                break
-            if key is not first and key[2] * key[3] == first[2] * first[3]:
-                batch.append(key)
-        return batch
-
-    def _subtract(self, batch: list[_PendingKey], sent: list[int]) -> None:
-        for key, amount in zip(batch, sent, strict=True):
-            entry = self._pending[key]
-            entry.amount -= amount
-            if entry.amount <= 0:
-                del self._pending[key]
 
     def _start_replay_loop(self) -> None:
         # Started lazily, from inside the running loop the store is used on.

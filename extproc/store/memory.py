@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from extproc.store import windows
-from extproc.store.base import AdmitResult, Counter, CounterState
+from extproc.store.base import AdmitResult, Counter, CounterState, RecordId
 
 # Sweep every window for aged-out spend this often (in operations), so counters that
 # are never touched again do not pin memory forever (Redis has key TTLs for that).
@@ -190,8 +190,14 @@ class MemoryStore:
         return self.admit_now(counters, holds, hold_id, lease_seconds, now)
 
     async def record(
-        self, counters: Sequence[Counter], amounts: Sequence[int], hold_id: str, now: float
+        self,
+        counters: Sequence[Counter],
+        amounts: Sequence[int],
+        hold_id: str,
+        now: float,
+        record_id: RecordId | None = None,
     ) -> None:
+        # One process, answered at once: a record is never sent twice, so ids need no check.
         self.record_now(counters, amounts, hold_id, now)
 
     async def release(self, counters: Sequence[Counter], hold_id: str) -> None:

@@ -6,9 +6,12 @@ subject value cannot break the hash tag)::
     {prefix}{<quoted id>}:b   hash  bucket index -> amount; t (spend total), o (lowest
                                     bucket index), h (held total), g ("window/bucket")
     {prefix}{<quoted id>}:h   zset  "hold_id:amount" -> lease expiry (ms)
+    {prefix}{<quoted id>}:w   hash  writer -> high-water mark of its applied record seqs
+    {prefix}{<quoted id>}:r   zset  "writer:seq" of applied records above that mark
 
-Both keys share the hash tag `{<quoted id>}`, so in Redis Cluster a counter lives in one
-slot. The scripts (`admit.lua`, `record.lua`, `release.lua`, each after the shared
+All of a counter's keys share the hash tag `{<quoted id>}`, so in Redis Cluster a counter
+lives in one slot. A record with a `RecordId` is applied at most once (see `record.lua`).
+The scripts (`admit.lua`, `record.lua`, `release.lua`, each after the shared
 `_window.lua`) keep the arithmetic of `windows.py`; see there for the model.
 
 Failure handling is built for Envoy's 200 ms message timeout: one deadline
@@ -48,7 +51,14 @@ from redis.exceptions import (
 )
 
 from extproc.store import windows
-from extproc.store.base import AdmitResult, Counter, CounterState, StoreOutcomeUnknown, StoreUnavailable
+from extproc.store.base import (
+    AdmitResult,
+    Counter,
+    CounterState,
+    RecordId,
+    StoreOutcomeUnknown,
+    StoreUnavailable,
+)
 
 T = TypeVar("T")
 
@@ -154,6 +164,8 @@ class RedisStore:
         self._record = self._client.register_script(_script_text("record.lua"))
         self._release = self._client.register_script(_script_text("release.lua"))
         self._placed = _PlacedHolds()
+        # Counters on which a record id arrived again and added nothing (a retried record).
+        self.duplicates = 0
 
     # -- keys ---------------------------------------------------------------------------
 
@@ -166,6 +178,15 @@ class RedisStore:
         keys: list[str] = []
         for counter in counters:
             keys.extend(self.keys_for(counter.id))
+        return keys
+
+    def _record_keys(self, counters: Sequence[Counter]) -> list[str]:
+        """Per counter: bucket hash, hold zset, then the writer hash and record zset that
+        make a record idempotent."""
+        keys: list[str] = []
+        for counter in counters:
+            bucket, hold = self.keys_for(counter.id)
+            keys += [bucket, hold, f"{bucket[:-2]}:w", f"{bucket[:-2]}:r"]
         return keys
 
     # -- the SpendStore protocol ------------------------------------------------------
@@ -206,17 +227,27 @@ class RedisStore:
         return AdmitResult(admitted=admitted, states=states)
 
     async def record(
-        self, counters: Sequence[Counter], amounts: Sequence[int], hold_id: str, now: float
+        self,
+        counters: Sequence[Counter],
+        amounts: Sequence[int],
+        hold_id: str,
+        now: float,
+        record_id: RecordId | None = None,
     ) -> None:
         if len(amounts) != len(counters):
             raise ValueError("one amount per counter")
         held = self._placed.amounts(hold_id)
         if not held and all(amount <= 0 for amount in amounts):
             return  # nothing to add, nothing to release: no round trip
-        args: list[str | int] = [windows.to_millis(now), hold_id]
+        ident: list[str | int] = (
+            ["", 0, 0] if record_id is None else [record_id.writer, record_id.seq, record_id.low]
+        )
+        args: list[str | int] = [windows.to_millis(now), hold_id, *ident]
         for counter, amount in zip(counters, amounts, strict=True):
             args += [counter.window_seconds, counter.bucket_seconds, max(amount, 0), held.get(counter.id, 0)]
-        await self._run(self._record, self._keys(counters), args)
+        reply = await self._run(self._record, self._record_keys(counters), args)
+        # Applied before (a retry of a record whose first answer was lost): counted once.
+        self.duplicates += int(reply[1])
         # Forgotten only once Redis confirmed: a failed record leaves the hold to its lease.
         self._placed.forget(hold_id)
 

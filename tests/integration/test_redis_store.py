@@ -20,7 +20,9 @@ import redis.asyncio
 from extproc.store import (
     Counter,
     FailoverStore,
+    Journal,
     MemoryStore,
+    RecordId,
     RedisStore,
     SpendStore,
     StoreOutcomeUnknown,
@@ -507,7 +509,7 @@ async def test_fail_open_keeps_admitting_and_replays_spend_when_redis_returns() 
         assert (await store.admit([c, audit], [10, 10], "r1", 60, T0 + 1)).admitted
         await store.record([c, audit], [30, 3], "r1", T0 + 1)
         await store.record([c], [20], "r2", T0 + 2)
-        assert store.pending_records == 2  # (counter, bucket) entries: c's 50, audit's 3
+        assert store.pending_records == 2  # records r1 (c 30, audit 3) and r2 (c 20)
         # The local view now holds 50 of c's 100: it blocks once that is spent.
         await store.record([c], [50], "r3", T0 + 3)
         assert not (await store.admit([c], [1], "r4", 60, T0 + 4)).admitted
@@ -515,7 +517,7 @@ async def test_fail_open_keeps_admitting_and_replays_spend_when_redis_returns() 
 
         # Back (empty: the old server had no persistence). Replay lands every amount.
         proc = start_redis(proc.port)
-        assert await store.replay_pending() == 2
+        assert await store.replay_pending() == 3  # r1, r2, r3
         assert store.pending_records == 0
         assert await store.replay_pending() == 0  # nothing twice
         states = await store.read([c, audit], T0 + 5)
@@ -601,7 +603,11 @@ async def test_an_outage_costs_one_deadline_then_skips_the_primary() -> None:
         await closed.close()
 
 
-async def test_an_uncertain_record_is_counted_not_replayed(redis_url: str, raw: redis.Redis) -> None:
+async def test_a_record_whose_outcome_is_unknown_is_sent_again_and_applied_once(
+    redis_url: str, raw: redis.Redis
+) -> None:
+    """The script ran (Redis was busy past our deadline, then finished it): the answer was
+    lost. The record goes again with the same id until confirmed, and counts once."""
     store = FailoverStore(
         RedisStore(redis_url, timeout_seconds=0.2),
         fail_open=True,
@@ -614,10 +620,36 @@ async def test_an_uncertain_record_is_counted_not_replayed(redis_url: str, raw: 
         await store.admit([c], [0], "warm", 60, T0)
         busy = await busy_redis(raw, 600)
         await store.record([c], [10], "r1", T0)
-        assert (store.uncertain_records, store.pending_records) == (1, 0)
+        assert (store.uncertain_records, store.pending_records) == (1, 1)
         await busy
-        assert await store.replay_pending() == 0
+        assert await store.replay_pending() == 1  # confirmed now: it had landed already
+        assert store.stats()["duplicate_records"] == 1
         assert (await store.read([c], T0))[0].spend == 10  # applied once, not twice
+    finally:
+        await store.close()
+
+
+async def test_a_record_id_is_applied_at_most_once_and_forgotten_below_the_low_water_mark(
+    redis_url: str, raw: redis.Redis
+) -> None:
+    store = RedisStore(redis_url, timeout_seconds=TEST_TIMEOUT)
+    c = day("ns/b/ids|user=ann", limit=10_000)
+    try:
+        for _ in range(3):  # the same record sent three times
+            await store.record([c], [7], "", T0, RecordId("w1", 5, 5))
+        await store.record([c], [1], "", T0, RecordId("w2", 5, 1))  # another writer, same seq
+        assert (await store.read([c], T0))[0].spend == 8
+        bucket, _ = store.keys_for(c.id)
+        tag = bucket[:-2]
+        assert raw.zrange(f"{tag}:r", 0, -1) == ["w1:0000000000000005", "w2:0000000000000005"]
+        # w1 confirms everything below 9: its mark moves to 8 and its members below go.
+        await store.record([c], [2], "", T0, RecordId("w1", 9, 9))
+        assert raw.hget(f"{tag}:w", "w1") == "8"
+        assert raw.zrange(f"{tag}:r", 0, -1) == ["w1:0000000000000009", "w2:0000000000000005"]
+        await store.record([c], [7], "", T0, RecordId("w1", 5, 9))  # below the mark: nothing
+        assert (await store.read([c], T0))[0].spend == 10
+        assert store.duplicates == 3
+        assert 0 < raw.pttl(f"{tag}:r") <= (DAY + B) * 1000  # lives as long as the spend
     finally:
         await store.close()
 
@@ -649,6 +681,65 @@ async def test_an_outage_starts_from_the_spend_redis_last_reported_so_a_spent_bu
         await store.record([fresh], [100], "r4", T0 + 1)
         assert not store.admit_locally([fresh], [1], "r5", 60, T0 + 2).admitted
         assert store.pending_records == 1  # fresh's 100; the seeded 100 is never replayed
+    finally:
+        await store.close()
+        proc.stop()
+
+
+async def test_a_sidecar_that_dies_during_an_outage_replays_its_journal_exactly_once(tmp_path) -> None:
+    """Spend recorded while Redis was down survives the process: a new store on the same
+    journal sends it when Redis answers; a record that did land before the crash, whose
+    acknowledgement was lost, adds nothing the second time."""
+    proc = start_redis()
+    c = day("ns/b/journal|user=ann", limit=10_000)
+    journal = Journal(tmp_path / "journal")
+    store = FailoverStore(
+        RedisStore(proc.url, timeout_seconds=TEST_TIMEOUT),
+        fail_open=True,
+        local=MemoryStore(),
+        retry_after_seconds=0,
+        replay_interval_seconds=3600,
+        journal=journal,
+        recovered=journal.open(),
+    )
+    try:
+        await store.record([c], [5], "r0", T0)  # confirmed: acknowledged in the journal
+        await stop_and_settle(proc)
+        for i in range(1, 4):
+            await store.record([c], [10 * i], f"r{i}", T0 + i)  # 10 + 20 + 30 while down
+        assert store.pending_records == 3
+        # Killed: no close, no replay. (The journal's files are all that is left.)
+        await journal.close()
+        proc = start_redis(proc.port)
+
+        # One of the three had landed after all (its answer lost): apply it as it would have.
+        landed = RedisStore(proc.url, timeout_seconds=TEST_TIMEOUT)
+        await landed.record([c], [20], "", T0 + 2, RecordId(store.writer, 3, 2))
+        await landed.close()
+
+        again_journal = Journal(tmp_path / "journal")
+        recovered = again_journal.open()
+        assert [r.amounts for r in recovered] == [(10,), (20,), (30,)]
+        again = FailoverStore(
+            RedisStore(proc.url, timeout_seconds=TEST_TIMEOUT),
+            fail_open=True,
+            local=MemoryStore(),
+            retry_after_seconds=0,
+            replay_interval_seconds=3600,
+            journal=again_journal,
+            recovered=recovered,
+        )
+        try:
+            assert await again.replay_pending() == 3
+            assert (await again.read([c], T0 + 3))[0].spend == 60  # 10 + 20 + 30, the 20 once
+            assert again.stats()["duplicate_records"] == 1
+            assert again_journal.unacknowledged == 0
+        finally:
+            await again.close()
+        # Everything confirmed: a third start finds nothing to replay.
+        third = Journal(tmp_path / "journal")
+        assert third.open() == []
+        await third.close()
     finally:
         await store.close()
         proc.stop()
