@@ -30,7 +30,7 @@ from extproc.store import (
     open_store,
 )
 from extproc.store.windows import DAY, MONTH, WEEK, YEAR, ages_out_at_ms, bucket_index, bucket_seconds_for
-from tests.support.redis_server import RedisProcess, free_port, start_redis
+from tests.support.redis_server import SPIN, RedisProcess, free_port, start_redis
 
 T0 = 1_700_000_000.0
 B = 900
@@ -419,15 +419,12 @@ async def test_no_redis_means_store_unavailable() -> None:
 # Keeps the server busy (it serves nobody else meanwhile), like a slow Redis: a script
 # sent meanwhile is read and run only afterwards. (A loop on TIME would never end:
 # inside a script, time stands still.)
-_SPIN = "local i = 0 while i < tonumber(ARGV[1]) do i = i + 1 end return 1"
-
-
 async def busy_redis(raw: redis.Redis, ms: int) -> asyncio.Task[object]:
     calibration = 2_000_000
     started = time.perf_counter()
-    raw.eval(_SPIN, 0, calibration)
+    raw.eval(SPIN, 0, calibration)
     per_ms = calibration / max((time.perf_counter() - started) * 1000, 0.001)
-    task = asyncio.ensure_future(asyncio.to_thread(raw.eval, _SPIN, 0, int(per_ms * ms)))
+    task = asyncio.ensure_future(asyncio.to_thread(raw.eval, SPIN, 0, int(per_ms * ms)))
     await asyncio.sleep(0.05)  # the spin is running
     return task
 

@@ -119,3 +119,23 @@ def start_redis(port: int | None = None) -> RedisProcess:
             if port is not None or attempt == 3 or "in use" not in str(exc).lower():
                 raise
     raise AssertionError("unreachable")
+
+
+# A script that keeps Redis busy: every other client's command waits, then runs, as a
+# Redis slow past a client's deadline does (below busy-reply-threshold, 5 s, no BUSY error).
+SPIN = "local i = 0 while i < tonumber(ARGV[1]) do i = i + 1 end return 1"
+
+
+def spin_loops(url: str, ms: float) -> int:
+    """How many loops of SPIN take about `ms` on this machine now."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        calibration = 2_000_000
+        started = time.perf_counter()
+        client.eval(SPIN, 0, calibration)
+        per_ms = calibration / max((time.perf_counter() - started) * 1000, 0.001)
+    finally:
+        client.close()
+    return int(per_ms * ms)
