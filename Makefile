@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test demo lint bench check clean
+.PHONY: run test demo lint bench check clean debian-packages
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -15,7 +15,14 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/extproc serve --config examples/
 
-test: $(STAMP)
+# Debian's redis-server (with TLS and Sentinel, which the integration suite starts), when
+# missing: CI runs as root with the package registries reachable.
+debian-packages:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing Debian's redis-server for the test suite"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server; }
+
+test: $(STAMP) debian-packages
 	$(BIN)/ruff check extproc tests bench
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/python -m pytest -q

@@ -21,7 +21,7 @@ from extproc.server.admin import AdminServer
 from extproc.server.grpc import build_server, mark_serving
 from extproc.service import BudgetService, Settings, Snapshot
 from extproc.spend import spend_rows
-from extproc.store import FailoverStore, open_store
+from extproc.store import FailoverStore, RedisAccess, open_store
 from extproc.telemetry import Metrics, StoreStats, configure_logging, log
 
 
@@ -45,6 +45,8 @@ class ServeOptions:
     journal_dir: str | None = None
     journal_fsync: str = "everysec"
     journal_max_bytes: int = 256 * 1024 * 1024
+    # TLS files and a password for --redis-url (see extproc.store.connect).
+    redis_access: RedisAccess = field(default_factory=RedisAccess)
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -193,6 +195,7 @@ async def serve(opts: ServeOptions, *, stop: asyncio.Event | None = None) -> Non
         journal_dir=opts.journal_dir,
         journal_fsync=opts.journal_fsync,
         journal_max_bytes=opts.journal_max_bytes,
+        access=opts.redis_access,
     )
     if isinstance(store, FailoverStore):
         metrics.registry.register(StoreStats(store))

@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 
 from extproc.config import ConfigError, load_config
+from extproc.store.connect import RedisAccess
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -26,6 +27,27 @@ def _env_list(name: str) -> list[str]:
     return [p for p in raw.replace(",", ":").split(":") if p] if raw else []
 
 
+def _redis_access_flags(parser: argparse.ArgumentParser) -> None:
+    """TLS files and a password for --redis-url (rediss://, redis+sentinel://, ACL users)."""
+    parser.add_argument("--redis-ca-file", default=_env("REDIS_CA_FILE"), metavar="FILE")
+    parser.add_argument("--redis-cert-file", default=_env("REDIS_CERT_FILE"), metavar="FILE")
+    parser.add_argument("--redis-key-file", default=_env("REDIS_KEY_FILE"), metavar="FILE")
+    parser.add_argument(
+        "--redis-password-file",
+        default=_env("REDIS_PASSWORD_FILE"),
+        metavar="FILE",
+        help="the Redis (ACL) password, kept out of the URL; also EXTPROC_REDIS_PASSWORD",
+    )
+
+
+def _redis_access(args: argparse.Namespace) -> RedisAccess:
+    password = _env("REDIS_PASSWORD")
+    if args.redis_password_file:
+        with open(args.redis_password_file, encoding="utf-8") as f:
+            password = f.read().strip()
+    return RedisAccess(args.redis_ca_file, args.redis_cert_file, args.redis_key_file, password)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="extproc", description="LLM spend budgets enforced at Envoy")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -34,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", nargs="+", action="extend", default=None, metavar="PATH")
     serve.add_argument("--catalog", action="append", default=None, metavar="FILE")
     serve.add_argument("--redis-url", default=_env("REDIS_URL"))
+    _redis_access_flags(serve)
     serve.add_argument("--grpc-address", default=_env("GRPC_ADDRESS", "0.0.0.0:50051"))
     serve.add_argument("--admin-address", default=_env("ADMIN_ADDRESS", "0.0.0.0:9090"))
     serve.add_argument("--workers", type=int, default=int(_env("WORKERS", "1") or 1))
@@ -128,6 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     spend.add_argument("--catalog", action="append", default=[], metavar="FILE")
     spend.add_argument("--redis-url", default=_env("REDIS_URL"))
+    _redis_access_flags(spend)
     spend.add_argument(
         "--output", choices=["table", "json"], default="table", help="json: one object per row"
     )
@@ -170,6 +194,7 @@ def _serve(args: argparse.Namespace) -> int:
         journal_dir=args.journal_dir,
         journal_fsync=args.journal_fsync,
         journal_max_bytes=args.journal_max_mb * 1024 * 1024,
+        redis_access=_redis_access(args),
         cluster=ClusterOptions(
             kubeconfig=args.kubeconfig,
             namespaces=tuple(args.namespaces or _env_list("NAMESPACES")),
@@ -228,7 +253,7 @@ def _spend(args: argparse.Namespace) -> int:
         rows = fetch_rows(args.sidecar)
     elif args.config:
         config = load_config(args.config, args.catalog)
-        rows = asyncio.run(spend_table(config, args.redis_url, time.time()))
+        rows = asyncio.run(spend_table(config, args.redis_url, time.time(), _redis_access(args)))
     else:
         print("extproc spend: give --config PATH... (with --redis-url) or --sidecar URL", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ from extproc.budgets import Charge, parse_subject
 from extproc.catalog import format_usd
 from extproc.config.model import NANOS_PER_USD, WILDCARD, BudgetEntry, Config, Unit
 from extproc.service import counter_for
-from extproc.store import SpendStore, open_store
+from extproc.store import RedisAccess, SpendStore, open_store
 
 HEADER = ("BUDGET", "SUBJECT", "UNIT", "WINDOW", "ACTION", "SPEND", "LIMIT", "REMAINING", "RESET(s)")
 
@@ -43,9 +43,11 @@ def _amount(entry: BudgetEntry, units: int) -> str:
     return str(units)
 
 
-async def spend_table(config: Config, redis_url: str | None, now: float) -> list[SpendRow]:
+async def spend_table(
+    config: Config, redis_url: str | None, now: float, access: RedisAccess | None = None
+) -> list[SpendRow]:
     """The rows from the spend store at `redis_url` (a fresh in-memory store without one)."""
-    store = open_store(redis_url)
+    store = open_store(redis_url, access=access, timeout_seconds=2.0)
     try:
         return await spend_rows(config, store, now)
     finally:

