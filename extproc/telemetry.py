@@ -166,6 +166,7 @@ class StoreStats(Collector):
         "journal_bad_lines": ("counter", "Journal lines skipped as unreadable at start"),
         "journal_write_errors": ("counter", "Journal writes that failed (a full disk, say)"),
         "journal_recovered_records": ("gauge", "Unconfirmed records found in the journal at start"),
+        "replicas": ("gauge", "Replicas seen alive lately, sharing what remains of a budget in an outage"),
     }
 
     def __init__(self, store: object) -> None:

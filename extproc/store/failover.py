@@ -44,6 +44,11 @@ from extproc.store.memory import MemoryStore
 
 log = structlog.get_logger(__name__)
 
+# How often a replica says it is alive, and how long one that stopped saying so still
+# counts as sharing the budgets (a restarting pod comes back under another writer id).
+_HEARTBEAT_SECONDS = 5.0
+_REPLICA_HORIZON_SECONDS = 30.0
+
 # How many counters' last-seen spend is kept for outages.
 _LAST_SEEN_MAX = 100_000
 
@@ -103,6 +108,10 @@ class FailoverStore:
             self._open.setdefault(record.writer, _OpenSeqs(record.seq + 1)).add(record.seq)
             self._pending[record.key] = record
         self.recovered = len(recovered)
+        # Replicas (writers) that said they were alive lately, this one included; kept as
+        # last known while Redis is away.
+        self.replicas = 1
+        self._next_heartbeat = 0.0
         self._retried_unknown = 0
         self._confirmed_replays = 0
         # Monotonic time before which the primary is not tried (0: try it).
@@ -148,6 +157,7 @@ class FailoverStore:
             "journal_bad_lines": journal.bad_lines if journal else 0,
             "journal_write_errors": journal.write_errors if journal else 0,
             "journal_recovered_records": self.recovered,
+            "replicas": self.replicas,
         }
 
     @property
@@ -192,11 +202,25 @@ class FailoverStore:
         for counter in counters:
             if counter.id not in self._seeded:
                 self._seeded.add(counter.id)
-                seen = self._last_seen.get(counter.id, 0)
-                if seen > 0:
+                used = self._outage_start(counter)
+                if used > 0:
                     # Counted in the current bucket: it ages out late, never early.
-                    self._local.record_now([counter], [seen], "", now)
+                    self._local.record_now([counter], [used], "", now)
         return self._local.admit_now(counters, holds, hold_id, lease_seconds, now)
+
+    def _outage_start(self, counter: Counter) -> int:
+        """What a counter's local view starts an outage from.
+
+        The spend Redis last reported; for a blocking counter shared by `replicas` replicas,
+        also the other replicas' shares of what remained, so that this replica spends at
+        most its own: together they stay within the limit plus one request each (the one
+        that crosses each share). A counter never seen counts as unspent.
+        """
+        seen = self._last_seen.get(counter.id, 0)
+        if not counter.blocking or self.replicas <= 1:
+            return seen
+        remaining = max(counter.limit - seen, 0)
+        return counter.limit - remaining // self.replicas
 
     def _remember(self, counters: Sequence[Counter], states: Sequence[CounterState]) -> None:
         if len(self._last_seen) > _LAST_SEEN_MAX:
@@ -334,12 +358,24 @@ class FailoverStore:
 
     async def _replay_forever(self) -> None:
         while True:
+            await self.heartbeat()
             await asyncio.sleep(self._replay_interval)
             if self._pending:
                 try:
                     await self.replay_pending()
                 except Exception:  # keep replaying whatever one round hit
                     log.exception("spend replay failed")
+
+    async def heartbeat(self) -> None:
+        """Every few seconds while Redis answers: count the replicas alive lately."""
+        beat = getattr(self._primary, "heartbeat", None)
+        if beat is None or self.primary_down or time.monotonic() < self._next_heartbeat:
+            return
+        self._next_heartbeat = time.monotonic() + _HEARTBEAT_SECONDS
+        try:
+            self.replicas = await beat(self.writer, time.time(), _REPLICA_HORIZON_SECONDS)
+        except StoreUnavailable:
+            self._mark_down()
 
     def _mark_down(self) -> None:
         self._down_until = time.monotonic() + self._retry_after

@@ -97,6 +97,16 @@ def _script_text(name: str) -> str:
     return package.joinpath("_window.lua").read_text() + "\n" + package.joinpath(name).read_text()
 
 
+# The replicas seen lately: a zset of writer -> last heartbeat (ms); members older than
+# the horizon go, and the key itself expires when every replica is gone.
+_HEARTBEAT = """
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return redis.call('ZCARD', KEYS[1])
+"""
+
+
 def _glob_escape(text: str) -> str:
     return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
 
@@ -158,6 +168,7 @@ class RedisStore:
         self._admit = self._client.register_script(_script_text("admit.lua"))
         self._record = self._client.register_script(_script_text("record.lua"))
         self._release = self._client.register_script(_script_text("release.lua"))
+        self._heartbeat = self._client.register_script(_HEARTBEAT)
         self._placed = _PlacedHolds()
         # Counters on which a record id arrived again and added nothing (a retried record).
         self.duplicates = 0
@@ -278,6 +289,18 @@ class RedisStore:
                     seen.add(unquote(key[start:-3]))
             if cursor == 0:
                 return sorted(seen)
+
+    async def heartbeat(self, writer: str, now: float, horizon_seconds: float) -> int:
+        """Says this writer is alive and returns how many writers were in the last
+        `horizon_seconds` (this one included): the replicas sharing what remains of a
+        budget while Redis is away. Idempotent, so an ordinary call under the deadline."""
+        now_ms = windows.to_millis(now)
+        horizon_ms = int(horizon_seconds * 1000)
+        key = f"{self._prefix}replicas"
+        reply = await self._call(
+            self._heartbeat(keys=[key], args=[now_ms, writer, now_ms - horizon_ms, horizon_ms])
+        )
+        return max(int(reply), 1)
 
     async def ping(self) -> bool:
         try:

@@ -740,3 +740,50 @@ async def test_a_sidecar_that_dies_during_an_outage_replays_its_journal_exactly_
     finally:
         await store.close()
         proc.stop()
+
+
+async def test_replicas_in_an_outage_spend_only_their_share_of_what_remained() -> None:
+    """Two replicas, 600 of 1,000 remaining when Redis goes: each admits on its own view up
+    to its 300, so together they stay within the limit (plus at most one request each),
+    where each alone would have spent the whole 600 (1,600 in all)."""
+    proc = start_redis()
+    replicas = [
+        FailoverStore(
+            RedisStore(proc.url, timeout_seconds=TEST_TIMEOUT),
+            fail_open=True,
+            local=MemoryStore(),
+            retry_after_seconds=60,
+            replay_interval_seconds=3600,
+        )
+        for _ in range(2)
+    ]
+    c = day("ns/b/shared|", limit=1000)
+    try:
+        for replica in replicas:
+            await replica.heartbeat()
+        replicas[0]._next_heartbeat = 0.0
+        await replicas[0].heartbeat()  # sees both now
+        assert [r.replicas for r in replicas] == [2, 2]
+        assert (await replicas[0].admit([c], [400], "warm", 60, T0)).admitted
+        await replicas[0].record([c], [400], "warm", T0)
+        assert (await replicas[1].admit([c], [0], "look", 60, T0)).admitted  # B sees the 400 too
+        await stop_and_settle(proc)
+
+        spent = [0, 0]
+        for i, replica in enumerate(replicas):
+            for n in range(20):
+                result = await replica.admit([c], [50], f"r{i}-{n}", 60, T0 + 1)
+                if not result.admitted:
+                    break
+                await replica.record([c], [50], f"r{i}-{n}", T0 + 1)
+                spent[i] += 50
+        assert spent == [300, 300]
+        proc = start_redis(proc.port)  # empty: the old server had no persistence
+        for replica in replicas:
+            await replica.replay_pending()
+        (state,) = await replicas[0].read([c], T0 + 2)
+        assert state.spend == 600 and 400 + state.spend <= 1000 + 2 * 50
+    finally:
+        for replica in replicas:
+            await replica.close()
+        proc.stop()
