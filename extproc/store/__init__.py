@@ -71,7 +71,7 @@ def open_store(
         journal = Journal(journal_dir, fsync=journal_fsync, max_bytes=journal_max_bytes)
         recovered = journal.open()
     return FailoverStore(
-        RedisStore(redis_url, timeout_seconds=timeout_seconds, access=access),
+        RedisStore(redis_url, timeout_seconds=timeout_seconds, access=access, server_clock=True),
         fail_open=fail_open,
         local=MemoryStore(),
         journal=journal,

@@ -16,6 +16,18 @@ local function fmt(x)
   return string.format('%d', x)
 end
 
+-- The time a script works at, in ms: the caller's (ARGV, an integer string), or with ""
+-- Redis's own clock, so that every replica cuts buckets and ends leases by one clock
+-- whatever its own says. Returns the number and its integer string.
+local function clock(arg)
+  if arg ~= '' then
+    return tonumber(arg), arg
+  end
+  local t = redis.call('TIME')
+  local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return ms, fmt(ms)
+end
+
 -- Whole seconds, rounded up (windows.ceil_seconds).
 local function ceil_seconds(ms)
   return math.floor((ms + 999) / 1000)

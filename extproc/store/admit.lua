@@ -1,15 +1,15 @@
 -- Admission, atomically for all of a request's counters (after _window.lua).
 --
 -- KEYS: per counter, its bucket hash then its hold zset.
--- ARGV: now_ms, hold_id, lease_ms, then per counter: window_s, bucket_s, limit,
+-- ARGV: now_ms ("" for Redis's clock), hold_id, lease_ms, then per counter: window_s, bucket_s, limit,
 --       blocking ("1"/"0"), hold amount (integer string, "0" for none).
 -- Returns {admitted (1/0), {spend, held, over (1/0), reset_seconds} per counter}; spend
 -- and held as the exact integer strings Redis keeps. A state is the counter before this
 -- request's own hold. A rejected request places no hold.
 -- With all blocking flags "0" and all holds "0" this is a read: nothing but ageing.
 
-local now_arg, hold_id, lease_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local now_ms = tonumber(now_arg)
+local hold_id, lease_ms = ARGV[2], tonumber(ARGV[3])
+local now_ms, now_arg = clock(ARGV[1])
 local per = 5
 local count = #KEYS / 2
 

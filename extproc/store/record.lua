@@ -2,7 +2,7 @@
 -- all of a request's counters in one call (after _window.lua).
 --
 -- KEYS: per counter, its bucket hash, its hold zset, its writer hash and its record zset.
--- ARGV: now_ms, hold_id, writer, seq, low, then per counter: window_s, bucket_s, amount,
+-- ARGV: now_ms ("" for Redis's clock), hold_id, writer, seq, low, then per counter: window_s, bucket_s, amount,
 --       hold amount (the amount this request's hold was placed with, "0" if none).
 --       writer "" means a record without an id: applied whatever came before.
 -- Returns {counters, duplicates}: how many counters, and on how many the record id had
@@ -14,9 +14,9 @@
 -- is applied when it is above H and not a member; `low` (the writer's promise that every
 -- seq below it is confirmed) moves H up to low - 1 and trims the members below.
 
-local now_arg, hold_id = ARGV[1], ARGV[2]
+local hold_id = ARGV[2]
 local writer, seq_arg, low_arg = ARGV[3], ARGV[4], ARGV[5]
-local now_ms = tonumber(now_arg)
+local now_ms, now_arg = clock(ARGV[1])
 local per = 4
 local first = 5
 local count = #KEYS / 4

@@ -158,11 +158,17 @@ class RedisStore:
         key_prefix: str = "extproc:",
         timeout_seconds: float = 0.1,
         access: RedisAccess | None = None,
+        server_clock: bool = False,
     ) -> None:
+        """`server_clock`: bucket indexes, hold leases and reset times from Redis's own
+        clock (`TIME` in the scripts), not from the `now` each caller passes, so replicas
+        whose clocks disagree still agree on every counter. The sidecar runs with it on;
+        tests that place spend at a chosen time run without."""
         if "{" in key_prefix or "}" in key_prefix:
             raise ValueError("key_prefix must not contain '{' or '}': it would move the hash tag")
         self._prefix = key_prefix
         self._timeout = timeout_seconds
+        self._server_clock = server_clock
         # Standalone, TLS, ACL or Sentinel (see `connect`): one deadline, no retries.
         self._client: redis.asyncio.Redis = redis_client(url, timeout_seconds, access)
         self._admit = self._client.register_script(_script_text("admit.lua"))
@@ -195,6 +201,9 @@ class RedisStore:
             keys += [bucket, hold, f"{bucket[:-2]}:w", f"{bucket[:-2]}:r"]
         return keys
 
+    def _clock(self, now_ms: int) -> str | int:
+        return "" if self._server_clock else now_ms
+
     # -- the SpendStore protocol ------------------------------------------------------
 
     async def admit(
@@ -214,7 +223,7 @@ class RedisStore:
         # atomic. For Redis Cluster the counters would be grouped by hash slot (each
         # counter's keys share one), one script per slot; admission across slots is then
         # check-everywhere-then-hold, releasing the holds placed if a later slot rejects.
-        args: list[str | int] = [now_ms, hold_id, lease_ms]
+        args: list[str | int] = [self._clock(now_ms), hold_id, lease_ms]
         for counter, hold in zip(counters, holds, strict=True):
             args += [
                 counter.window_seconds,
@@ -248,7 +257,7 @@ class RedisStore:
         ident: list[str | int] = (
             ["", 0, 0] if record_id is None else [record_id.writer, record_id.seq, record_id.low]
         )
-        args: list[str | int] = [windows.to_millis(now), hold_id, *ident]
+        args: list[str | int] = [self._clock(windows.to_millis(now)), hold_id, *ident]
         for counter, amount in zip(counters, amounts, strict=True):
             args += [counter.window_seconds, counter.bucket_seconds, max(amount, 0), held.get(counter.id, 0)]
         reply = await self._run(self._record, self._record_keys(counters), args)
@@ -268,7 +277,7 @@ class RedisStore:
     async def read(self, counters: Sequence[Counter], now: float) -> tuple[CounterState, ...]:
         # The admit script with nothing blocking and nothing held is a pure read (plus the
         # ageing any call does), so there is one copy of the state arithmetic.
-        args: list[str | int] = [windows.to_millis(now), "", 0]
+        args: list[str | int] = [self._clock(windows.to_millis(now)), "", 0]
         for counter in counters:
             args += [counter.window_seconds, counter.bucket_seconds, counter.limit, 0, 0]
         reply = await self._run(self._admit, self._keys(counters), args)

@@ -787,3 +787,41 @@ async def test_replicas_in_an_outage_spend_only_their_share_of_what_remained() -
         for replica in replicas:
             await replica.close()
         proc.stop()
+
+
+@pytest.mark.parametrize("skew_seconds", [600, -600])
+async def test_with_redis_clock_a_replica_minutes_off_agrees_on_buckets_holds_and_resets(
+    redis_url: str, raw: redis.Redis, skew_seconds: int
+) -> None:
+    """One clock for every replica: Redis's. A replica ten minutes off (either way) places
+    spend in the bucket Redis's clock says, sees the other's holds as live, and reports the
+    same reset; with callers' clocks the fast one would purge the slow one's hold at once."""
+    right = RedisStore(redis_url, timeout_seconds=TEST_TIMEOUT, server_clock=True)
+    off = RedisStore(redis_url, timeout_seconds=TEST_TIMEOUT, server_clock=True)
+    naive = RedisStore(redis_url, timeout_seconds=TEST_TIMEOUT)
+    c = day(f"ns/b/clock{skew_seconds}|", limit=100)
+    now = time.time()
+    try:
+        assert (await off.admit([c], [30], "held", 60, now + skew_seconds)).admitted
+        (seen,) = await right.read([c], now)
+        assert seen.held == 30  # the lease runs on Redis's clock, not on the off replica's
+        await off.record([c], [100], "other", now + skew_seconds, RecordId("off", 1, 1))
+        (state_right,) = await right.read([c], now)
+        (state_off,) = await off.read([c], now + skew_seconds)
+        assert state_right == state_off and state_right.spend == 100
+        server_seconds = raw.time()[0]
+        bucket, _ = right.keys_for(c.id)
+        fields = {k for k in raw.hkeys(bucket) if k.isdigit()}
+        assert fields == {str(bucket_index(server_seconds * 1000, B))}
+        # The reset counts from Redis's now: within one bucket of the window, for both.
+        assert DAY - B <= state_right.reset_seconds <= DAY + B
+        if skew_seconds < 0:
+            # With each caller's own clock, the hold of a replica ten minutes behind is, to
+            # a replica on time, long expired: it stops counting at once.
+            n = day(f"ns/b/naive{skew_seconds}|", limit=100)
+            assert (await naive.admit([n], [30], "held", 60, now + skew_seconds)).admitted
+            (lost,) = await naive.read([n], now)
+            assert lost.held == 0
+    finally:
+        for store in (right, off, naive):
+            await store.close()
