@@ -158,6 +158,10 @@ class StoreStats(Collector):
     _HELP: ClassVar[dict[str, tuple[str, str]]] = {
         "pending_records": ("gauge", "Records not yet confirmed by Redis, waiting to be sent again"),
         "retried_unknown_records": ("counter", "Records sent again after an unknown outcome"),
+        "error_reply_records": (
+            "counter",
+            "Record attempts Redis answered with an error (OOM, script error)",
+        ),
         "replayed_records": ("counter", "Records confirmed by Redis on a replay"),
         "duplicate_records": ("counter", "Counters on which a record arrived again and added nothing"),
         "journal_unacknowledged": ("gauge", "Records in the journal not yet confirmed"),

@@ -13,6 +13,7 @@ from extproc.store.base import (
     LocalAdmission,
     RecordId,
     SpendStore,
+    StoreErrorReply,
     StoreOutcomeUnknown,
     StoreUnavailable,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "RedisAccess",
     "RedisStore",
     "SpendStore",
+    "StoreErrorReply",
     "StoreOutcomeUnknown",
     "StoreUnavailable",
     "bucket_seconds_for",

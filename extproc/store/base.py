@@ -23,6 +23,15 @@ class StoreOutcomeUnknown(StoreUnavailable):
     """
 
 
+class StoreErrorReply(StoreOutcomeUnknown):
+    """Redis answered a script with an error (OOM, a wrong-type key, a script error).
+
+    Part of the script may have run (a Lua error does not undo the writes before it), so
+    it is an unknown outcome: a record is sent again with its id, and logged as an error,
+    since unlike a timeout it will not go away by itself.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class Counter:
     """One (budget entry, subject values) pair: a trailing window of spend."""

@@ -36,6 +36,7 @@ from extproc.store.base import (
     CounterState,
     RecordId,
     SpendStore,
+    StoreErrorReply,
     StoreOutcomeUnknown,
     StoreUnavailable,
 )
@@ -113,6 +114,8 @@ class FailoverStore:
         self.replicas = 1
         self._next_heartbeat = 0.0
         self._retried_unknown = 0
+        self._error_replies = 0
+        self._last_error_reply = ""
         self._confirmed_replays = 0
         # Monotonic time before which the primary is not tried (0: try it).
         self._down_until = 0.0
@@ -149,6 +152,7 @@ class FailoverStore:
         return {
             "pending_records": len(self._pending),
             "retried_unknown_records": self._retried_unknown,
+            "error_reply_records": self._error_replies,
             "replayed_records": self._confirmed_replays,
             "duplicate_records": int(getattr(self._primary, "duplicates", 0)),
             "journal_unacknowledged": self._journal.unacknowledged if self._journal else 0,
@@ -249,10 +253,7 @@ class FailoverStore:
                 await self._primary.record(counters, amounts, hold_id, now, self._id(record))
             except StoreUnavailable as exc:
                 self._mark_down()
-                if isinstance(exc, StoreOutcomeUnknown):
-                    # Maybe applied: sent again with the same id, applied at most once.
-                    self._retried_unknown += 1
-                    log.info("spend record outcome unknown; will send again", seq=record.seq, error=str(exc))
+                self._failed_record(record, exc)
             else:
                 self._confirmed(record)
                 # The admit may have been local (during an outage): drop that hold too.
@@ -273,6 +274,22 @@ class FailoverStore:
                 await self._primary.record(counters, [0] * len(counters), hold_id, now)
             except StoreUnavailable:
                 self._mark_down()
+
+    def _failed_record(self, record: JournaledRecord, exc: StoreUnavailable) -> None:
+        """Counts a record Redis did not confirm; it stays queued and goes again, same id."""
+        if isinstance(exc, StoreErrorReply):
+            # OOM, a wrong-type key, a script error: not passing by itself, so said loudly
+            # (once per distinct error) and counted.
+            self._error_replies += 1
+            if str(exc) != self._last_error_reply:
+                self._last_error_reply = str(exc)
+                log.error(
+                    "redis refused a spend record; keeping it to send again", seq=record.seq, error=str(exc)
+                )
+        elif isinstance(exc, StoreOutcomeUnknown):
+            # Maybe applied: sent again with the same id, applied at most once.
+            self._retried_unknown += 1
+            log.info("spend record outcome unknown; will send again", seq=record.seq, error=str(exc))
 
     def _id(self, record: JournaledRecord) -> RecordId:
         return RecordId(record.writer, record.seq, self._open[record.writer].low)
@@ -340,8 +357,7 @@ class FailoverStore:
                     )
                 except StoreUnavailable as exc:
                     self._mark_down()
-                    if isinstance(exc, StoreOutcomeUnknown):
-                        self._retried_unknown += 1
+                    self._failed_record(record, exc)
                     break
                 self._confirmed(record)
                 confirmed += 1

@@ -18,7 +18,7 @@ Failure handling is built for Envoy's 200 ms message timeout: one deadline
 (`timeout_seconds`) covers connecting and the script, redis-py's retries are off (its
 defaults are seconds long, and a retried increment double-counts), and every failure
 is a `StoreUnavailable`. A failure after the script was sent is the subclass
-`StoreOutcomeUnknown`: it may have been applied, so it must not be replayed blindly.
+`StoreOutcomeUnknown`: it may have been applied, so it is sent again only with its record id.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ from extproc.store.base import (
     Counter,
     CounterState,
     RecordId,
+    StoreErrorReply,
     StoreOutcomeUnknown,
     StoreUnavailable,
 )
@@ -363,6 +364,8 @@ class RedisStore:
             except _FAILURES as exc:
                 if _refused(exc):
                     raise StoreUnavailable(f"redis refused: {exc!r}") from exc
+                if isinstance(exc, ResponseError):
+                    raise StoreErrorReply(f"redis answered with an error: {exc}") from exc
                 raise StoreOutcomeUnknown(f"redis: {exc!r}") from exc
             succeeded = True
             return reply

@@ -825,3 +825,34 @@ async def test_with_redis_clock_a_replica_minutes_off_agrees_on_buckets_holds_an
     finally:
         for store in (right, off, naive):
             await store.close()
+
+
+async def test_a_redis_out_of_memory_or_with_a_wrong_type_key_keeps_the_record_until_it_can_land(
+    redis_url: str, raw: redis.Redis
+) -> None:
+    store = FailoverStore(
+        RedisStore(redis_url, timeout_seconds=TEST_TIMEOUT),
+        fail_open=True,
+        local=MemoryStore(),
+        retry_after_seconds=0,
+        replay_interval_seconds=3600,
+    )
+    oom, typed = day("ns/b/oom|", limit=1000), day("ns/b/typed|", limit=1000)
+    bucket, _ = RedisStore(redis_url).keys_for(typed.id)
+    used = int(raw.info("memory")["used_memory"])
+    try:
+        await store.admit([oom], [0], "warm", 60, T0)  # connected, scripts loaded
+        raw.config_set("maxmemory", str(used // 2))
+        raw.config_set("maxmemory-policy", "noeviction")
+        await store.record([oom], [10], "r1", T0)
+        raw.config_set("maxmemory", "0")
+        raw.set(bucket, "not a hash")  # a key of the wrong type where a counter lives
+        await store.record([typed], [7], "r2", T0)
+        stats = store.stats()
+        assert (stats["pending_records"], stats["error_reply_records"]) == (2, 2)
+        raw.delete(bucket)
+        assert await store.replay_pending() == 2
+        assert [s.spend for s in await store.read([oom, typed], T0)] == [10, 7]
+    finally:
+        raw.config_set("maxmemory", "0")
+        await store.close()
