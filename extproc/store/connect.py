@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio
+from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
@@ -27,6 +28,7 @@ from redis.backoff import NoBackoff
 __all__ = ["RedisAccess", "redis_client"]
 
 _SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+_CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
 try:  # redis-py 8 names it driver_info; earlier releases take lib_name and lib_version
     from redis.driver_info import DriverInfo
@@ -79,25 +81,50 @@ def redis_client(url: str, timeout_seconds: float, access: RedisAccess | None = 
     parts = urlsplit(url)
     if parts.scheme in _SENTINEL_SCHEMES:
         return _sentinel_client(parts, timeout_seconds, access)
+    if parts.scheme in _CLUSTER_SCHEMES:
+        return _cluster_client(parts, timeout_seconds, access)
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise ValueError(
             f"unsupported Redis URL scheme {parts.scheme!r}: use redis://, rediss://, unix://, "
-            "redis+sentinel:// or rediss+sentinel://"
+            "redis+sentinel://, rediss+sentinel://, redis+cluster:// or rediss+cluster://"
         )
     if parts.scheme != "rediss" and (access.ca_file or access.cert_file or access.key_file):
         raise ValueError("TLS files were given for a URL without TLS: use rediss://")
     return redis.asyncio.from_url(url, **_common(timeout_seconds, access, parts.scheme == "rediss"))
 
 
-def _sentinel_client(parts: Any, timeout_seconds: float, access: RedisAccess) -> redis.asyncio.Redis:
-    tls = parts.scheme == "rediss+sentinel"
-    hosts = parts.netloc.rpartition("@")[2]
-    sentinels: list[tuple[str, int]] = []
-    for host in hosts.split(","):
+def _addresses(parts: Any, what: str) -> list[tuple[str, int]]:
+    found: list[tuple[str, int]] = []
+    for host in parts.netloc.rpartition("@")[2].split(","):
         name, _, port = host.rpartition(":")
         if not name or not port.isdigit():
-            raise ValueError(f"a Sentinel address must be host:port, got {host!r}")
-        sentinels.append((name.strip("[]"), int(port)))
+            raise ValueError(f"a {what} address must be host:port, got {host!r}")
+        found.append((name.strip("[]"), int(port)))
+    return found
+
+
+def _cluster_client(parts: Any, timeout_seconds: float, access: RedisAccess) -> redis.asyncio.RedisCluster:
+    """Redis Cluster (or Valkey cluster): the seed nodes in the URL, the rest discovered.
+
+    Retries on: a command sent on a connection that broke is sent again (after a failover,
+    to the new master), which the scripts tolerate (records carry their id; holds and
+    releases are set operations); MOVED and ASK are followed either way.
+    """
+    kwargs = _common(timeout_seconds, access, parts.scheme == "rediss+cluster")
+    kwargs["retry"] = Retry(NoBackoff(), 2)
+    if parts.username:
+        kwargs["username"] = unquote(parts.username)
+    if parts.password:
+        kwargs["password"] = unquote(parts.password)
+    if parts.scheme == "rediss+cluster":
+        kwargs["ssl"] = True
+    nodes = [ClusterNode(host, port) for host, port in _addresses(parts, "cluster node")]
+    return redis.asyncio.RedisCluster(startup_nodes=nodes, **kwargs)
+
+
+def _sentinel_client(parts: Any, timeout_seconds: float, access: RedisAccess) -> redis.asyncio.Redis:
+    tls = parts.scheme == "rediss+sentinel"
+    sentinels = _addresses(parts, "Sentinel")
     path = [p for p in parts.path.split("/") if p]
     if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
         raise ValueError("a Sentinel URL names its service: redis+sentinel://host:port,.../SERVICE[/DB]")

@@ -388,10 +388,8 @@ class FailoverStore:
         if beat is None or self.primary_down or time.monotonic() < self._next_heartbeat:
             return
         self._next_heartbeat = time.monotonic() + _HEARTBEAT_SECONDS
-        try:
+        with contextlib.suppress(StoreUnavailable):  # advisory: requests find outages themselves
             self.replicas = await beat(self.writer, time.time(), _REPLICA_HORIZON_SECONDS)
-        except StoreUnavailable:
-            self._mark_down()
 
     def _mark_down(self) -> None:
         self._down_until = time.monotonic() + self._retry_after

@@ -24,6 +24,7 @@ is a `StoreUnavailable`. A failure after the script was sent is the subclass
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 from collections.abc import Awaitable, Sequence
 from importlib import resources
@@ -33,6 +34,7 @@ from urllib.parse import quote, unquote
 import redis.asyncio
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
+from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
     AuthenticationError,
@@ -170,8 +172,9 @@ class RedisStore:
         self._prefix = key_prefix
         self._timeout = timeout_seconds
         self._server_clock = server_clock
-        # Standalone, TLS, ACL or Sentinel (see `connect`): one deadline, no retries.
-        self._client: redis.asyncio.Redis = redis_client(url, timeout_seconds, access)
+        # Standalone, TLS, ACL, Sentinel or Cluster (see `connect`): one deadline.
+        self._client: Any = redis_client(url, timeout_seconds, access)
+        self._cluster = isinstance(self._client, redis.asyncio.RedisCluster)
         self._admit = self._client.register_script(_script_text("admit.lua"))
         self._record = self._client.register_script(_script_text("record.lua"))
         self._release = self._client.register_script(_script_text("release.lua"))
@@ -215,15 +218,54 @@ class RedisStore:
         lease_seconds: int,
         now: float,
     ) -> AdmitResult:
+        """One script per hash slot, the slots in parallel. Standalone Redis is one slot:
+        the check and the holds are atomic. Across Cluster slots they are not: each slot
+        checks and holds its own counters, and when any slot rejects, the holds the others
+        placed are released again. A concurrent request may meanwhile see those holds and
+        be rejected too (a false 429 for that moment, never an overshoot)."""
         if len(holds) != len(counters):
             raise ValueError("one hold amount per counter")
         now_ms = windows.to_millis(now)
         lease_ms = lease_seconds * 1000
         self._placed.expire(now_ms)
-        # Standalone Redis: every counter in one script, so the check and the holds are
-        # atomic. For Redis Cluster the counters would be grouped by hash slot (each
-        # counter's keys share one), one script per slot; admission across slots is then
-        # check-everywhere-then-hold, releasing the holds placed if a later slot rejects.
+        groups = self._groups(counters)
+        replies = await self._each(
+            [
+                (
+                    self._admit,
+                    self._keys(group_counters),
+                    self._admit_args(group_counters, group_holds, hold_id, now_ms, lease_ms),
+                )
+                for group_counters, group_holds in ((_pick(counters, g), _pick(holds, g)) for g in groups)
+            ]
+        )
+        admitted = all(int(reply[0]) == 1 for reply in replies)
+        states: list[CounterState | None] = [None] * len(counters)
+        for group, reply in zip(groups, replies, strict=True):
+            for index, row in zip(group, reply[1:], strict=True):
+                states[index] = _state(row)
+        if not admitted and len(groups) > 1:
+            # Undo the slots that did hold: nothing of a rejected request may stay held.
+            undo = [
+                (
+                    self._release,
+                    self._keys(_pick(counters, g)),
+                    [hold_id, *(max(h, 0) for h in _pick(holds, g))],
+                )
+                for g, reply in zip(groups, replies, strict=True)
+                if int(reply[0]) == 1
+            ]
+            with contextlib.suppress(StoreUnavailable):  # failing that, the leases end them
+                await self._each(undo)
+        if admitted:
+            placed = {c.id: h for c, h in zip(counters, holds, strict=True) if h > 0}
+            if placed:
+                self._placed.remember(hold_id, placed, now_ms + lease_ms)
+        return AdmitResult(admitted=admitted, states=tuple(s for s in states if s is not None))
+
+    def _admit_args(
+        self, counters: Sequence[Counter], holds: Sequence[int], hold_id: str, now_ms: int, lease_ms: int
+    ) -> list[str | int]:
         args: list[str | int] = [self._clock(now_ms), hold_id, lease_ms]
         for counter, hold in zip(counters, holds, strict=True):
             args += [
@@ -233,14 +275,7 @@ class RedisStore:
                 1 if counter.blocking else 0,
                 max(hold, 0),
             ]
-        reply = await self._run(self._admit, self._keys(counters), args)
-        admitted = int(reply[0]) == 1
-        states = tuple(_state(row) for row in reply[1:])
-        if admitted:
-            placed = {c.id: h for c, h in zip(counters, holds, strict=True) if h > 0}
-            if placed:
-                self._placed.remember(hold_id, placed, now_ms + lease_ms)
-        return AdmitResult(admitted=admitted, states=states)
+        return args
 
     async def record(
         self,
@@ -250,6 +285,8 @@ class RedisStore:
         now: float,
         record_id: RecordId | None = None,
     ) -> None:
+        """One script per hash slot, in parallel, each with the same record id: if any slot
+        fails, the record is sent again whole and the slots that had it add nothing."""
         if len(amounts) != len(counters):
             raise ValueError("one amount per counter")
         held = self._placed.amounts(hold_id)
@@ -258,12 +295,21 @@ class RedisStore:
         ident: list[str | int] = (
             ["", 0, 0] if record_id is None else [record_id.writer, record_id.seq, record_id.low]
         )
-        args: list[str | int] = [self._clock(windows.to_millis(now)), hold_id, *ident]
-        for counter, amount in zip(counters, amounts, strict=True):
-            args += [counter.window_seconds, counter.bucket_seconds, max(amount, 0), held.get(counter.id, 0)]
-        reply = await self._run(self._record, self._record_keys(counters), args)
+        head: list[str | int] = [self._clock(windows.to_millis(now)), hold_id, *ident]
+        calls = []
+        for group in self._groups(counters):
+            args = list(head)
+            for counter, amount in zip(_pick(counters, group), _pick(amounts, group), strict=True):
+                args += [
+                    counter.window_seconds,
+                    counter.bucket_seconds,
+                    max(amount, 0),
+                    held.get(counter.id, 0),
+                ]
+            calls.append((self._record, self._record_keys(_pick(counters, group)), args))
+        replies = await self._each(calls)
         # Applied before (a retry of a record whose first answer was lost): counted once.
-        self.duplicates += int(reply[1])
+        self.duplicates += sum(int(reply[1]) for reply in replies)
         # Forgotten only once Redis confirmed: a failed record leaves the hold to its lease.
         self._placed.forget(hold_id)
 
@@ -271,18 +317,60 @@ class RedisStore:
         held = self._placed.amounts(hold_id)
         if not held:
             return
-        args: list[str | int] = [hold_id, *(held.get(counter.id, 0) for counter in counters)]
-        await self._run(self._release, self._keys(counters), args)
+        await self._each(
+            [
+                (
+                    self._release,
+                    self._keys(_pick(counters, g)),
+                    [hold_id, *(held.get(c.id, 0) for c in _pick(counters, g))],
+                )
+                for g in self._groups(counters)
+            ]
+        )
         self._placed.forget(hold_id)
 
     async def read(self, counters: Sequence[Counter], now: float) -> tuple[CounterState, ...]:
         # The admit script with nothing blocking and nothing held is a pure read (plus the
         # ageing any call does), so there is one copy of the state arithmetic.
-        args: list[str | int] = [self._clock(windows.to_millis(now)), "", 0]
-        for counter in counters:
-            args += [counter.window_seconds, counter.bucket_seconds, counter.limit, 0, 0]
-        reply = await self._run(self._admit, self._keys(counters), args)
-        return tuple(_state(row) for row in reply[1:])
+        groups = self._groups(counters)
+        calls = []
+        for group in groups:
+            args: list[str | int] = [self._clock(windows.to_millis(now)), "", 0]
+            for counter in _pick(counters, group):
+                args += [counter.window_seconds, counter.bucket_seconds, counter.limit, 0, 0]
+            calls.append((self._admit, self._keys(_pick(counters, group)), args))
+        states: list[CounterState | None] = [None] * len(counters)
+        for group, reply in zip(groups, await self._each(calls), strict=True):
+            for index, row in zip(group, reply[1:], strict=True):
+                states[index] = _state(row)
+        return tuple(s for s in states if s is not None)
+
+    # -- hash slots ---------------------------------------------------------------------
+
+    def _groups(self, counters: Sequence[Counter]) -> list[list[int]]:
+        """Counter indexes grouped by hash slot (one group on standalone Redis)."""
+        if not self._cluster:
+            return [list(range(len(counters)))]
+        by_slot: dict[int, list[int]] = {}
+        for index, counter in enumerate(counters):
+            bucket, _ = self.keys_for(counter.id)
+            by_slot.setdefault(key_slot(bucket.encode()), []).append(index)
+        return list(by_slot.values())
+
+    async def _each(self, calls: list[tuple[AsyncScript, list[str], list[str | int]]]) -> list[Any]:
+        """Runs the calls (one per slot) in parallel; the most telling failure wins."""
+        if len(calls) == 1:
+            script, keys, args = calls[0]
+            return [await self._run(script, keys, args)]
+        results = await asyncio.gather(*(self._run(*call) for call in calls), return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            for kind in (StoreErrorReply, StoreOutcomeUnknown, StoreUnavailable):
+                for failure in failures:
+                    if isinstance(failure, kind):
+                        raise failure
+            raise failures[0]
+        return list(results)
 
     async def counters_seen(self, prefix: str) -> list[str]:
         # A counter's hash exists exactly while it has spend or holds (the scripts delete
@@ -290,6 +378,9 @@ class RedisStore:
         pattern = f"{_glob_escape(self._prefix)}{{{_glob_escape(quote(prefix, safe=_ID_SAFE))}*"
         start = len(self._prefix) + 1
         seen: set[str] = set()
+        if self._cluster:  # every master's keys, through the cluster client
+            keys = await self._call(_collect(self._client.scan_iter(match=pattern, count=1000)))
+            return sorted({unquote(k[start:-3]) for k in map(_text, keys) if k.endswith("}:b")})
         cursor = 0
         while True:
             cursor, keys = await self._call(self._client.scan(cursor, match=pattern, count=1000))
@@ -341,6 +432,8 @@ class RedisStore:
         redis-py's `Script.__call__` cannot tell these apart, hence the explicit
         connection.
         """
+        if self._cluster:
+            return await self._run_on_cluster(script, keys, args)
         pool = self._client.connection_pool
         deadline = asyncio.get_running_loop().time() + self._timeout
         conn: AbstractConnection | None = None
@@ -376,6 +469,21 @@ class RedisStore:
                     await conn.disconnect(nowait=True)
                 await pool.release(conn)
 
+    async def _run_on_cluster(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> Any:
+        """One slot's script through the cluster client, which follows MOVED and ASK and
+        finds a promoted replica. It may send a script again on a broken connection, which
+        every script tolerates: records carry their id, holds and releases are set
+        operations. So a failure here is "maybe applied", an answer with an error an
+        error reply, and a cluster without a master for the slot a refusal."""
+        try:
+            return await asyncio.wait_for(script(keys=keys, args=args), self._timeout)
+        except _FAILURES as exc:
+            if _refused(exc):
+                raise StoreUnavailable(f"redis cluster refused: {exc!r}") from exc
+            if isinstance(exc, ResponseError):
+                raise StoreErrorReply(f"redis answered with an error: {exc}") from exc
+            raise StoreOutcomeUnknown(f"redis cluster: {exc!r}") from exc
+
 
 async def _evalsha(
     conn: AbstractConnection, script: AsyncScript, keys: list[str], args: list[str | int]
@@ -390,6 +498,18 @@ async def _evalsha(
         await conn.read_response()
         await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args, check_health=False)
         return await conn.read_response()
+
+
+async def _collect(items: Any) -> list[Any]:
+    return [item async for item in items]
+
+
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def _pick(items: Sequence[T], indexes: Sequence[int]) -> list[T]:
+    return [items[i] for i in indexes]
 
 
 def _state(row: Sequence[Any]) -> CounterState:

@@ -128,8 +128,10 @@ async def test_a_sidecar_killed_during_a_redis_outage_loses_no_spend_and_counts_
             spend = await redis_spend(redis.url, config_dir)
         assert spend == expected  # lost = 0, double = 0
         recovered = metric(second, "extproc_store_journal_recovered_records")
-        # Some of what the dead sidecar sent did land: sent again, they added nothing.
-        assert metric(second, "extproc_store_duplicate_records_total") >= 1
+        # What the dead sidecar had sent may have landed (Redis runs what it still finds
+        # buffered from a closed connection): sent again, it added nothing. Which ones did
+        # is Redis's timing; that a landed record counts once is pinned down in
+        # tests/integration/test_redis_store.py (the journal test applies one first).
         assert recovered >= 1
         assert metric(second, "extproc_store_journal_unacknowledged") == 0
         # Held for a moment longer: nothing arrives late to count twice.

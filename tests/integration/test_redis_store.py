@@ -619,8 +619,9 @@ async def test_a_record_whose_outcome_is_unknown_is_sent_again_and_applied_once(
         await store.record([c], [10], "r1", T0)
         assert (store.uncertain_records, store.pending_records) == (1, 1)
         await busy
-        assert await store.replay_pending() == 1  # confirmed now: it had landed already
-        assert store.stats()["duplicate_records"] == 1
+        # Confirmed now: whether the first attempt ran once Redis got to it (Redis runs a
+        # command whose client hung up only if it still finds it buffered) or not, once.
+        assert await store.replay_pending() == 1
         assert (await store.read([c], T0))[0].spend == 10  # applied once, not twice
     finally:
         await store.close()

@@ -154,3 +154,90 @@ def spin_loops(url: str, ms: float) -> int:
     finally:
         client.close()
     return int(per_ms * ms)
+
+
+class RedisCluster:
+    """A Redis Cluster of `masters` masters with one replica each, made with
+    `redis-cli --cluster create` (Debian's redis-tools, beside redis-server)."""
+
+    def __init__(self, masters: int = 3, node_timeout_ms: int = 1000) -> None:
+        self.nodes: list[RedisProcess] = []
+        try:
+            for _ in range(masters * 2):
+                self.nodes.append(
+                    start_redis(
+                        extra=[
+                            *("--cluster-enabled", "yes"),
+                            *("--cluster-config-file", "nodes.conf"),
+                            *("--cluster-node-timeout", str(node_timeout_ms)),
+                            # Its own bus port: the default (port + 10000) may not exist.
+                            *("--cluster-port", str(free_port())),
+                        ]
+                    )
+                )
+            cli = shutil.which("redis-cli")
+            if cli is None:
+                raise RuntimeError("no redis-cli on PATH: install Debian's redis-tools")
+            addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
+            subprocess.run(
+                [cli, "--cluster", "create", *addresses, "--cluster-replicas", "1", "--cluster-yes"],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+            self.wait_ok()
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:3])
+
+    def info(self, node: RedisProcess) -> dict[str, str]:
+        import redis
+
+        client = redis.Redis(port=node.port, socket_timeout=1)
+        try:
+            text = client.execute_command("CLUSTER", "INFO")
+        finally:
+            client.close()
+        text = text.decode() if isinstance(text, bytes) else str(text)
+        return dict(line.split(":", 1) for line in text.split() if ":" in line)
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            alive = [n for n in self.nodes if n.alive()]
+            try:
+                if all(self.info(n).get("cluster_state") == "ok" for n in alive):
+                    return
+            except Exception:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+
+    def master_of(self, key: str) -> RedisProcess:
+        import redis
+
+        for node in self.nodes:
+            if not node.alive():
+                continue
+            client = redis.Redis(port=node.port, socket_timeout=1)
+            try:
+                role = client.role()[0]
+                role = role.decode() if isinstance(role, bytes) else role
+                if role != "master":
+                    continue
+                slot = client.execute_command("CLUSTER", "KEYSLOT", key)
+                for start, end, *owners in client.execute_command("CLUSTER", "SLOTS"):
+                    if start <= slot <= end and int(owners[0][1]) == node.port:
+                        return node
+            finally:
+                client.close()
+        raise RuntimeError(f"no master owns {key}")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
