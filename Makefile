@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test demo lint bench check clean debian-packages
+.PHONY: run test demo lint bench check clean debian-packages chaos
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,10 @@ test: $(STAMP) debian-packages
 
 demo: $(STAMP)
 	$(BIN)/python -m bench.demo
+
+# The long chaos run (10,000 requests through every fault), printing its figures.
+chaos: $(STAMP) debian-packages
+	$(BIN)/python -m tests.e2e.chaos --requests 10000
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.load

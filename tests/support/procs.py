@@ -71,6 +71,12 @@ class Proc:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
+    def kill(self) -> None:
+        """SIGKILL, as the OOM killer or a node failure ends it: no cleanup runs."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(5)
+
     def output(self) -> str:
         if not self._log.closed:
             self._log.flush()
@@ -116,11 +122,18 @@ def _http_ok(url: str) -> bool:
 
 class Sidecar(Proc):
     def __init__(
-        self, config: list[str], redis_url: str | None = None, extra: list[str] | None = None
+        self,
+        config: list[str],
+        redis_url: str | None = None,
+        extra: list[str] | None = None,
+        ports: tuple[int, int] | None = None,
+        ready: str = "/readyz",
     ) -> None:
+        """`ports`: (gRPC, admin) to bind, e.g. a restarted sidecar's old ones; default free.
+        `ready`: the admin path to wait for (`/healthz` when Redis may be away)."""
+
         def argv() -> list[str]:
-            self.grpc_port = free_port()
-            self.admin_port = free_port()
+            self.grpc_port, self.admin_port = ports or (free_port(), free_port())
             return [
                 sys.executable, "-m", "extproc.cli", "serve", *(["--config", *config] if config else []),
                 "--grpc-address", f"127.0.0.1:{self.grpc_port}",
@@ -129,7 +142,7 @@ class Sidecar(Proc):
                 *(extra or []),
             ]  # fmt: skip
 
-        self._launch("sidecar", argv, lambda: _http_ok(f"http://127.0.0.1:{self.admin_port}/readyz"))
+        self._launch("sidecar", argv, lambda: _http_ok(f"http://127.0.0.1:{self.admin_port}{ready}"))
 
 
 def render_envoy_config(

@@ -82,6 +82,11 @@ class RedisProcess:
             "--logfile", str(self.log_path),
             *extra,
         ]  # fmt: skip
+        self._argv = argv
+        self._spawn(startup_timeout)
+
+    def _spawn(self, startup_timeout: float = 10.0) -> None:
+        argv = self._argv
         # Own session (process group): killed as a group, untouched by the terminal's ^C.
         self.popen = subprocess.Popen(
             argv,
@@ -107,6 +112,16 @@ class RedisProcess:
 
     def alive(self) -> bool:
         return self.popen.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, keeping its folder (an AOF in it survives, as on a real host)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(10)
+
+    def start_again(self) -> None:
+        """The same server again: same port, same folder (and so its AOF)."""
+        self._spawn()
 
     def log(self) -> str:
         with contextlib.suppress(OSError):
