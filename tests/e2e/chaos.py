@@ -6,8 +6,9 @@ Every response the client saw as 200 must be in Redis exactly once: `lost` count
 missing, `double` the spend beyond what the upstream served at all (a response the client
 did not see as 200, say the sidecar died under it, may or may not have been counted). No
 times are asserted: `make chaos` prints the figures of a long run
-(`python -m tests.e2e.chaos --requests 10000`); `make test` runs a short one
-(tests/e2e/test_chaos.py) and asserts lost = 0, double = 0 and the overshoot bounds.
+(`python -m tests.e2e.chaos --requests 10000`, then a quarter of that on a Redis Cluster whose
+master is killed half-way); `make test` runs short ones (tests/e2e/test_chaos.py) and asserts
+lost = 0, double = 0 and the overshoot bounds.
 """
 
 from __future__ import annotations
@@ -164,22 +165,6 @@ async def _send(client: HttpClient, headers: dict[str, str] | None = None) -> st
     return str(response.status)
 
 
-async def _traffic(world: World, total: int, concurrency: int, figures: Figures) -> None:
-    sent = 0
-
-    async def worker(n: int) -> None:
-        nonlocal sent
-        client = HttpClient("127.0.0.1", world.envoys[n % 2].port)
-        try:
-            while sent < total:
-                sent += 1
-                figures.statuses[await _send(client)] += 1
-        finally:
-            await client.close()
-
-    await asyncio.gather(*(worker(n) for n in range(concurrency)))
-
-
 async def _faults(world: World, total: int, figures: Figures, pause: float) -> None:
     """Each fault once the traffic is that far along, each lasting `pause` seconds."""
 
@@ -263,7 +248,8 @@ async def run(folder: Path, upstream: MockOpenAI, requests: int, concurrency: in
     try:
         await asyncio.sleep(6)  # both replicas heartbeat at least once: they know of each other
         await asyncio.gather(
-            _traffic(world, requests, concurrency, figures), _faults(world, requests, figures, pause)
+            _Traffic(world.envoys).run(requests, concurrency, figures.statuses),
+            _faults(world, requests, figures, pause),
         )
         figures.redis_tokens = await _settled(world.tokens)
         figures.served = upstream.stats.requests - served_before
@@ -284,6 +270,96 @@ async def run(folder: Path, upstream: MockOpenAI, requests: int, concurrency: in
     return figures
 
 
+@dataclass
+class ClusterFigures:
+    requests: int = 0
+    statuses: Tally[str] = field(default_factory=Tally)
+    served: int = 0
+    redis_tokens: int = 0
+    lost: int = 0
+    double: int = 0
+
+    def lines(self) -> list[str]:
+        return [
+            f"cluster: requests {self.requests} {dict(sorted(self.statuses.items()))}, "
+            f"upstream served {self.served}, a master killed and its replica promoted mid-way",
+            f"cluster: tokens in Redis {self.redis_tokens}; of 200s {self.statuses.get('200', 0) * TOKENS}; "
+            f"lost = {self.lost}, double = {self.double}",
+        ]
+
+
+async def run_cluster(folder: Path, upstream: MockOpenAI, requests: int, concurrency: int) -> ClusterFigures:
+    """Two sidecars on a three-master Redis Cluster; the master holding the budget's
+    counter is killed half-way through the traffic."""
+    from tests.support.redis_server import RedisCluster
+
+    figures = ClusterFigures(requests=requests)
+    (folder / "config").mkdir(parents=True, exist_ok=True)
+    (folder / "config" / "budgets.yaml").write_text(CONFIG)
+    cluster = RedisCluster()
+    sidecars: list[Sidecar] = []
+    envoys: list[Envoy] = []
+    served_before = upstream.stats.requests
+    try:
+        for i in range(2):
+            extra = ["--journal-dir", str(folder / f"journal-{i}"), "--store-timeout-ms", "400"]
+            sidecars.append(Sidecar([str(folder / "config")], redis_url=cluster.url, extra=extra))
+            envoys.append(Envoy(upstream.port, [sidecars[-1].grpc_port]))
+        (resource,) = load_config([folder / "config"]).budgets
+        (entry,) = [e for e in resource.entries if e.name == "all"]
+        counter = counter_for(Charge(entry=entry, values=()))
+        store = RedisStore(cluster.url, timeout_seconds=2, server_clock=True)
+        victim = cluster.master_of(store.keys_for(counter.id)[0])
+        traffic = _Traffic(envoys)
+
+        async def kill_half_way() -> None:
+            while sum(figures.statuses.values()) < requests // 2:
+                await asyncio.sleep(0.02)
+            victim.kill()
+
+        await asyncio.gather(traffic.run(requests, concurrency, figures.statuses), kill_half_way())
+
+        async def read() -> int:
+            try:
+                (state,) = await store.read([counter], time.time())
+            except Exception:
+                return -1
+            return state.spend
+
+        figures.redis_tokens = await _settled(read, 60)
+        await store.close()
+        figures.served = upstream.stats.requests - served_before
+        figures.lost = max(0, figures.statuses.get("200", 0) * TOKENS - figures.redis_tokens) // TOKENS
+        figures.double = max(0, figures.redis_tokens - figures.served * TOKENS) // TOKENS
+    finally:
+        for envoy in envoys:
+            envoy.stop()
+        for sidecar in sidecars:
+            sidecar.stop()
+        cluster.stop()
+    return figures
+
+
+class _Traffic:
+    def __init__(self, envoys: list[Envoy]) -> None:
+        self.envoys = envoys
+
+    async def run(self, total: int, concurrency: int, statuses: Tally[str]) -> None:
+        sent = 0
+
+        async def worker(n: int) -> None:
+            nonlocal sent
+            client = HttpClient("127.0.0.1", self.envoys[n % len(self.envoys)].port)
+            try:
+                while sent < total:
+                    sent += 1
+                    statuses[await _send(client)] += 1
+            finally:
+                await client.close()
+
+        await asyncio.gather(*(worker(n) for n in range(concurrency)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="the chaos run, printing its figures")
     parser.add_argument("--requests", type=int, default=10_000)
@@ -291,20 +367,22 @@ def main() -> None:
     parser.add_argument("--pause", type=float, default=2.0, help="seconds each fault lasts")
     args = parser.parse_args()
 
-    async def go() -> Figures:
+    async def go() -> tuple[Figures, ClusterFigures]:
         upstream = MockOpenAI()
         await upstream.start()
         try:
-            return await run(
-                Path(tempfile.mkdtemp(prefix="chaos-")), upstream, args.requests, args.concurrency, args.pause
-            )
+            folder = Path(tempfile.mkdtemp(prefix="chaos-"))
+            figures = await run(folder / "standalone", upstream, args.requests, args.concurrency, args.pause)
+            on_cluster = await run_cluster(folder / "cluster", upstream, args.requests // 4, args.concurrency)
+            return figures, on_cluster
         finally:
             await upstream.stop()
 
-    figures = asyncio.run(go())
-    for line in figures.lines():
+    figures, on_cluster = asyncio.run(go())
+    for line in [*figures.lines(), *on_cluster.lines()]:
         print(line)
-    print(json.dumps({"lost": figures.lost, "double": figures.double}))
+    lost, double = figures.lost + on_cluster.lost, figures.double + on_cluster.double
+    print(json.dumps({"lost": lost, "double": double}))
 
 
 if __name__ == "__main__":
