@@ -455,11 +455,7 @@ class RedisStore:
                 async with asyncio.timeout_at(deadline):
                     reply = await _evalsha(conn, script, keys, args)
             except _FAILURES as exc:
-                if _refused(exc):
-                    raise StoreUnavailable(f"redis refused: {exc!r}") from exc
-                if isinstance(exc, ResponseError):
-                    raise StoreErrorReply(f"redis answered with an error: {exc}") from exc
-                raise StoreOutcomeUnknown(f"redis: {exc!r}") from exc
+                raise _after_sending(exc, "redis") from exc
             succeeded = True
             return reply
         finally:
@@ -478,11 +474,17 @@ class RedisStore:
         try:
             return await asyncio.wait_for(script(keys=keys, args=args), self._timeout)
         except _FAILURES as exc:
-            if _refused(exc):
-                raise StoreUnavailable(f"redis cluster refused: {exc!r}") from exc
-            if isinstance(exc, ResponseError):
-                raise StoreErrorReply(f"redis answered with an error: {exc}") from exc
-            raise StoreOutcomeUnknown(f"redis cluster: {exc!r}") from exc
+            raise _after_sending(exc, "redis cluster") from exc
+
+
+def _after_sending(exc: BaseException, where: str) -> StoreUnavailable:
+    """What a failure once a script was sent means: a refusal (nothing ran), an error reply
+    (part may have run, and it will not pass by itself), or no answer (maybe applied)."""
+    if _refused(exc):
+        return StoreUnavailable(f"{where} refused: {exc!r}")
+    if isinstance(exc, ResponseError):
+        return StoreErrorReply(f"{where} answered with an error: {exc}")
+    return StoreOutcomeUnknown(f"{where}: {exc!r}")
 
 
 async def _evalsha(

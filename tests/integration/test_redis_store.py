@@ -615,6 +615,7 @@ async def test_a_record_whose_outcome_is_unknown_is_sent_again_and_applied_once(
     c = day(limit=100)
     try:
         await store.admit([c], [0], "warm", 60, T0)
+        await asyncio.sleep(0.2)  # its first heartbeat done: the record goes on a warm connection
         busy = await busy_redis(raw, 600)
         await store.record([c], [10], "r1", T0)
         assert (store.uncertain_records, store.pending_records) == (1, 1)
