@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+
 from extproc.budgets import reach
 from extproc.config import Config, Problem, load_config
 from extproc.config.sources.file_watch import ConfigWatcher, fingerprint
@@ -47,6 +49,10 @@ class ServeOptions:
     journal_max_bytes: int = 256 * 1024 * 1024
     # TLS files and a password for --redis-url (see extproc.store.connect).
     redis_access: RedisAccess = field(default_factory=RedisAccess)
+    # On SIGTERM: keep accepting new streams this long (endpoints propagating), then let
+    # in-flight streams finish for up to drain_seconds (LLM streams run minutes).
+    drain_delay_seconds: float = 5.0
+    drain_seconds: float = 300.0
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -107,6 +113,7 @@ class _Startup:
         self.waiting = "starting"
         self.pending: Config | None = None
         self.live: LiveConfiguration | None = None
+        self.draining = False
 
     def apply(self, config: Config) -> None:
         """Configurations from the cluster: held until the service exists, then applied live."""
@@ -116,13 +123,24 @@ class _Startup:
             self.live.apply(config)
 
     async def ready(self) -> tuple[bool, str]:
-        if self.service is None or self.store_ping is None:
+        """Whether Envoy gets correct answers from this process now. Not whether Redis
+        answers: failureMode decides what requests get then, and a replica pulled from
+        the Service for a Redis blip would turn it into an outage of every route."""
+        if self.draining:
+            return False, "draining"
+        if self.service is None:
+            return False, self.waiting
+        return True, "ready"
+
+    async def store(self) -> tuple[bool, str]:
+        """The spend store's own state, for /storez (and an alert), apart from readiness."""
+        if self.store_ping is None:
             return False, self.waiting
         try:
             ok = await self.store_ping()
         except Exception as exc:
             return False, f"spend store: {exc}"
-        return ok, "ready" if ok else "spend store not reachable"
+        return ok, "spend store reachable" if ok else "spend store not reachable"
 
 
 async def _wait_for(event: asyncio.Event, stop: asyncio.Event) -> bool:
@@ -139,10 +157,18 @@ async def _wait_for(event: asyncio.Event, stop: asyncio.Event) -> bool:
 async def serve(opts: ServeOptions, *, stop: asyncio.Event | None = None) -> None:
     """Run one sidecar process until `stop` is set or SIGTERM/SIGINT arrives."""
     stop = stop or asyncio.Event()
+    hurry = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def signalled() -> None:
+        # The first signal drains; a second one hurries the drain.
+        if stop.is_set():
+            hurry.set()
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, signalled)
     metrics = Metrics()
     startup = _Startup()
 
@@ -153,7 +179,7 @@ async def serve(opts: ServeOptions, *, stop: asyncio.Event | None = None) -> Non
         rows = await spend_rows(startup.service.snapshot.config, startup.service.store, time.time())
         return [row.as_dict() for row in rows]
 
-    admin = AdminServer(metrics.registry, startup.ready, spend_report)
+    admin = AdminServer(metrics.registry, startup.ready, spend_report, store=startup.store)
     admin_host, admin_port = _split_address(opts.admin_address)
     bound_admin = await admin.start(admin_host, admin_port)
 
@@ -229,15 +255,54 @@ async def serve(opts: ServeOptions, *, stop: asyncio.Event | None = None) -> Non
         pid=os.getpid(),
     )
     await stop.wait()
-    log.info("shutting down")
+    await _drain(opts, startup, server, health_servicer, metrics, hurry)
     if watcher is not None:
         await watcher.stop()
     if cluster is not None:
         await cluster.stop()
-    await mark_serving(health_servicer, False)
-    await server.stop(grace=5)
     await admin.stop()
-    await store.close()
+    await store.close()  # the journal fsynced and closed
+    log.info("stopped")
+
+
+def _open_streams(metrics: Metrics) -> int:
+    return int(metrics.registry.get_sample_value("extproc_active_streams") or 0)
+
+
+async def _drain(
+    opts: ServeOptions,
+    startup: _Startup,
+    server: grpc.aio.Server,
+    health_servicer: object,
+    metrics: Metrics,
+    hurry: asyncio.Event,
+) -> None:
+    """SIGTERM: not ready and NOT_SERVING at once; new streams still taken for the delay
+    (while endpoints propagate); then no new streams, and the open ones finish, their spend
+    recorded, for up to drain_seconds. A second SIGTERM (hurry) ends them at once: their
+    holds are released, and what they had not reported is not charged (logged)."""
+    startup.draining = True
+    await mark_serving(health_servicer, False)  # type: ignore[arg-type]
+    open_streams = _open_streams(metrics)
+    log.info(
+        "draining",
+        open_streams=open_streams,
+        delay_seconds=opts.drain_delay_seconds,
+        drain_seconds=opts.drain_seconds,
+    )
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(hurry.wait(), opts.drain_delay_seconds)
+    stopping = asyncio.ensure_future(server.stop(grace=None if hurry.is_set() else opts.drain_seconds))
+    hurrying = asyncio.ensure_future(hurry.wait())
+    await asyncio.wait([stopping, hurrying], return_when=asyncio.FIRST_COMPLETED)
+    if not stopping.done():
+        left = _open_streams(metrics)
+        log.warning("drain cut short by a second signal", open_streams=left)
+        await server.stop(grace=None)
+        await stopping
+    hurrying.cancel()
+    left = _open_streams(metrics)
+    log.info("drained", open_streams=left)
 
 
 def run(opts: ServeOptions) -> int:

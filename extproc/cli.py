@@ -84,6 +84,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--journal-max-mb", type=int, default=int(_env("JOURNAL_MAX_MB", "256") or 256), metavar="MB"
     )
+    serve.add_argument(
+        "--drain-delay-seconds",
+        type=float,
+        default=float(_env("DRAIN_DELAY_SECONDS", "5") or 5),
+        metavar="S",
+        help="on SIGTERM, keep taking new streams this long while endpoints propagate (0 with a preStop)",
+    )
+    serve.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=float(_env("DRAIN_SECONDS", "300") or 300),
+        metavar="S",
+        help="then let in-flight streams finish for up to this long; a second SIGTERM cuts it short",
+    )
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
     serve.add_argument(
         "--reload-interval",
@@ -195,6 +209,8 @@ def _serve(args: argparse.Namespace) -> int:
         journal_fsync=args.journal_fsync,
         journal_max_bytes=args.journal_max_mb * 1024 * 1024,
         redis_access=_redis_access(args),
+        drain_delay_seconds=args.drain_delay_seconds,
+        drain_seconds=args.drain_seconds,
         cluster=ClusterOptions(
             kubeconfig=args.kubeconfig,
             namespaces=tuple(args.namespaces or _env_list("NAMESPACES")),

@@ -38,6 +38,26 @@ def configure_logging(level: str = "info") -> None:
         logger_factory=structlog.WriteLoggerFactory(file=sys.stdout),
         cache_logger_on_first_use=True,
     )
+    # What the standard library logs (grpc, asyncio's "exception never retrieved", a
+    # library's warning) comes out as the same JSON lines, never as plain text.
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.JSONRenderer(),
+            ],
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                structlog.processors.format_exc_info,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(logging.getLevelName(level.upper()), logging.WARNING))
 
 
 class Metrics:
@@ -170,6 +190,7 @@ class StoreStats(Collector):
         "journal_bad_lines": ("counter", "Journal lines skipped as unreadable at start"),
         "journal_write_errors": ("counter", "Journal writes that failed (a full disk, say)"),
         "journal_recovered_records": ("gauge", "Unconfirmed records found in the journal at start"),
+        "reachable": ("gauge", "1 while Redis answered the last call (readiness does not depend on it)"),
         "replicas": ("gauge", "Replicas seen alive lately, sharing what remains of a budget in an outage"),
     }
 

@@ -1,4 +1,4 @@
-"""The read-only admin HTTP endpoint: /metrics, /healthz, /readyz, /spend.
+"""The read-only admin HTTP endpoint: /metrics, /healthz, /readyz, /storez, /spend.
 
 A few GET routes do not earn a web framework: this is a small HTTP/1.1 responder on
 asyncio streams, one request per connection.
@@ -20,11 +20,17 @@ SpendReport = Callable[[], Awaitable[list[dict[str, str | int]]]]
 
 class AdminServer:
     def __init__(
-        self, registry: CollectorRegistry, ready: ReadyCheck, spend: SpendReport | None = None
+        self,
+        registry: CollectorRegistry,
+        ready: ReadyCheck,
+        spend: SpendReport | None = None,
+        *,
+        store: ReadyCheck | None = None,
     ) -> None:
         self.registry = registry
         self.ready = ready
         self.spend = spend
+        self.store = store
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -71,6 +77,9 @@ class AdminServer:
             return 200, "text/plain", b"ok\n"
         if path == "/readyz":
             ok, why = await self.ready()
+            return (200 if ok else 503), "text/plain", (why + "\n").encode()
+        if path == "/storez" and self.store is not None:
+            ok, why = await self.store()
             return (200 if ok else 503), "text/plain", (why + "\n").encode()
         if path == "/spend" and self.spend is not None:
             return 200, "application/json", json.dumps(await self.spend()).encode()

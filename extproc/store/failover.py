@@ -162,6 +162,7 @@ class FailoverStore:
             "journal_write_errors": journal.write_errors if journal else 0,
             "journal_recovered_records": self.recovered,
             "replicas": self.replicas,
+            "reachable": 0 if self.primary_down else 1,
         }
 
     @property
