@@ -1,4 +1,6 @@
 # The sidecar image: `docker build -t extproc-budgets .`
+# `docker run extproc-budgets` serves the embedded default (the examples, spend in memory);
+# a deployment passes `--config /etc/extproc/config` (a mounted ConfigMap) or `--source kubernetes`.
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -11,7 +13,7 @@ COPY --from=build /install /usr/local
 COPY examples /etc/extproc/examples
 USER 10001
 ENV PYTHONUNBUFFERED=1 \
-    EXTPROC_CONFIG=/etc/extproc/config \
+    EXTPROC_CONFIG=/etc/extproc/examples \
     EXTPROC_GRPC_ADDRESS=0.0.0.0:50051 \
     EXTPROC_ADMIN_ADDRESS=0.0.0.0:9090
 EXPOSE 50051 9090

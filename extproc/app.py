@@ -181,7 +181,11 @@ async def serve(opts: ServeOptions, *, stop: asyncio.Event | None = None) -> Non
 
     admin = AdminServer(metrics.registry, startup.ready, spend_report, store=startup.store)
     admin_host, admin_port = _split_address(opts.admin_address)
-    bound_admin = await admin.start(admin_host, admin_port)
+    try:
+        bound_admin = await admin.start(admin_host, admin_port, reuse_port=opts.workers > 1)
+    except OSError as exc:
+        log.error("cannot bind the admin address", address=opts.admin_address, error=exc.strerror or str(exc))
+        raise SystemExit(2) from exc
 
     cluster: Cluster | None = None
     loaded_from = None
@@ -226,7 +230,13 @@ async def serve(opts: ServeOptions, *, stop: asyncio.Event | None = None) -> Non
     if isinstance(store, FailoverStore):
         metrics.registry.register(StoreStats(store))
     service = BudgetService(snapshot, store, metrics, opts.settings)
-    server, port, health_servicer = build_server(service, opts.grpc_address, reuse_port=opts.workers > 1)
+    try:
+        server, port, health_servicer = build_server(service, opts.grpc_address, reuse_port=opts.workers > 1)
+    except RuntimeError as exc:  # grpc: "Failed to bind to address ..."
+        log.error("cannot bind the gRPC address", address=opts.grpc_address, error=str(exc))
+        await admin.stop()
+        await store.close()
+        raise SystemExit(2) from exc
     live = LiveConfiguration(service, metrics)
     startup.live = live
     if startup.pending is not None and startup.pending is not config:

@@ -33,8 +33,10 @@ class AdminServer:
         self.store = store
         self._server: asyncio.base_events.Server | None = None
 
-    async def start(self, host: str, port: int) -> int:
-        self._server = await asyncio.start_server(self._handle, host, port, reuse_port=True)
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Binds the address; `reuse_port` only for pre-forked workers sharing it (without
+        it, a second sidecar on a port in use fails to start instead of sharing it)."""
+        self._server = await asyncio.start_server(self._handle, host, port, reuse_port=reuse_port)
         return self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:

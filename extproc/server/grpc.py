@@ -70,6 +70,8 @@ def build_server(
         server,
     )
     port = server.add_insecure_port(address)
+    if port == 0:  # older grpc answers 0 where newer raises
+        raise RuntimeError(f"Failed to bind to address {address}")
     return server, port, health_servicer
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import urllib.error
@@ -16,6 +17,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tests.support.e2e import call
 from tests.support.http import HttpClient
 from tests.support.procs import ROOT, Envoy, Sidecar
+from tests.support.redis_server import free_port
+
+EXAMPLES_DIR = str(ROOT / "examples")
 
 pytestmark = pytest.mark.e2e
 
@@ -144,3 +148,39 @@ async def test_spend_can_be_read_from_a_running_in_memory_sidecar(upstream) -> N
     assert tokens[5:8] == ["704", "2000", "1296"]
     usd = rows["agentgateway-system/budget-demo/demo-usd-audit"]
     assert usd[5] == "0.0068825"
+
+
+@pytest.mark.parametrize("which", ["admin", "grpc"])
+def test_a_second_sidecar_on_a_port_in_use_fails_clearly_instead_of_sharing_it(which: str) -> None:
+    """Without --workers nothing binds with SO_REUSEPORT: the second process does not start
+    "serving" beside the first to answer every other request."""
+    first = Sidecar([EXAMPLES_DIR])
+    try:
+        grpc_port = first.grpc_port if which == "grpc" else free_port()
+        admin_port = first.admin_port if which == "admin" else free_port()
+        second = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "extproc.cli",
+                "serve",
+                "--config",
+                EXAMPLES_DIR,
+                "--grpc-address",
+                f"127.0.0.1:{grpc_port}",
+                "--admin-address",
+                f"127.0.0.1:{admin_port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=ROOT,
+        )
+        assert second.returncode == 2
+        errors = [json.loads(line) for line in second.stdout.splitlines() if line.startswith("{")]
+        assert any(
+            e.get("event") == f"cannot bind the {'admin' if which == 'admin' else 'gRPC'} address"
+            for e in errors
+        )
+    finally:
+        first.stop()

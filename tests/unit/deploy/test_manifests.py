@@ -52,3 +52,15 @@ def test_every_ext_proc_block_parses_as_envoys_proto_and_matches_the_tested_one(
     assert parsed[0] == parsed[1] == parsed[2]
     assert list(parsed[0].request_attributes) == ["xds.route_name"]
     assert parsed[0].allow_mode_override
+
+
+def test_the_images_default_config_path_is_in_the_image() -> None:
+    """`docker run IMAGE` with no flags serves the examples: the default EXTPROC_CONFIG is a
+    folder the Dockerfile copies in, and the image runs as a non-root user."""
+    text = (ROOT / "Dockerfile").read_text()
+    final = text.rsplit("\nFROM ", 1)[1]
+    copied = {line.split()[-1] for line in final.splitlines() if line.startswith("COPY ")}
+    (config,) = [w.split("=", 1)[1] for w in final.split() if w.startswith("EXTPROC_CONFIG=")]
+    assert config in copied
+    (user,) = [line.split()[1] for line in final.splitlines() if line.startswith("USER ")]
+    assert user != "0" and user != "root"
