@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,7 +21,7 @@ from extproc.config import Config, Problem, load_config
 from extproc.config.sources.file_watch import ConfigWatcher, fingerprint
 from extproc.config.sources.kubernetes.cluster import Cluster, ClusterOptions, api_client
 from extproc.server.admin import AdminServer
-from extproc.server.grpc import build_server, mark_serving
+from extproc.server.grpc import GrpcTls, build_server, mark_serving
 from extproc.service import BudgetService, Settings, Snapshot
 from extproc.spend import spend_rows
 from extproc.store import FailoverStore, RedisAccess, open_store
@@ -53,6 +54,11 @@ class ServeOptions:
     # in-flight streams finish for up to drain_seconds (LLM streams run minutes).
     drain_delay_seconds: float = 5.0
     drain_seconds: float = 300.0
+    # TLS (mTLS with a client CA) on the gRPC listener; None: plaintext (or a Unix socket).
+    grpc_tls: GrpcTls | None = None
+    # A bearer token that /spend (anything per subject) needs; None: open (bind the admin
+    # address to localhost then). /metrics and health stay open for scraping and probes.
+    admin_token: str | None = None
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -179,7 +185,9 @@ async def serve(opts: ServeOptions, *, stop: asyncio.Event | None = None) -> Non
         rows = await spend_rows(startup.service.snapshot.config, startup.service.store, time.time())
         return [row.as_dict() for row in rows]
 
-    admin = AdminServer(metrics.registry, startup.ready, spend_report, store=startup.store)
+    admin = AdminServer(
+        metrics.registry, startup.ready, spend_report, store=startup.store, token=opts.admin_token
+    )
     admin_host, admin_port = _split_address(opts.admin_address)
     try:
         bound_admin = await admin.start(admin_host, admin_port, reuse_port=opts.workers > 1)
@@ -231,7 +239,14 @@ async def serve(opts: ServeOptions, *, stop: asyncio.Event | None = None) -> Non
         metrics.registry.register(StoreStats(store))
     service = BudgetService(snapshot, store, metrics, opts.settings)
     try:
-        server, port, health_servicer = build_server(service, opts.grpc_address, reuse_port=opts.workers > 1)
+        server, port, health_servicer = build_server(
+            service, opts.grpc_address, reuse_port=opts.workers > 1, tls=opts.grpc_tls
+        )
+    except (ssl.SSLError, OSError) as exc:
+        log.error("cannot use the gRPC certificates", error=str(exc), files=_tls_files(opts.grpc_tls))
+        await admin.stop()
+        await store.close()
+        raise SystemExit(2) from exc
     except RuntimeError as exc:  # grpc: "Failed to bind to address ..."
         log.error("cannot bind the gRPC address", address=opts.grpc_address, error=str(exc))
         await admin.stop()
@@ -273,6 +288,10 @@ async def serve(opts: ServeOptions, *, stop: asyncio.Event | None = None) -> Non
     await admin.stop()
     await store.close()  # the journal fsynced and closed
     log.info("stopped")
+
+
+def _tls_files(tls: GrpcTls | None) -> list[str]:
+    return [f for f in (tls.cert_file, tls.key_file, tls.client_ca_file) if f] if tls else []
 
 
 def _open_streams(metrics: Metrics) -> int:

@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from extproc.config import ConfigError, load_config
 from extproc.store.connect import RedisAccess
@@ -46,6 +47,25 @@ def _redis_access(args: argparse.Namespace) -> RedisAccess:
         with open(args.redis_password_file, encoding="utf-8") as f:
             password = f.read().strip()
     return RedisAccess(args.redis_ca_file, args.redis_cert_file, args.redis_key_file, password)
+
+
+def _read_secret(path: str | None) -> str | None:
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as f:
+        return f.read().strip() or None
+
+
+def _grpc_tls(args: argparse.Namespace) -> Any:
+    from extproc.server.grpc import GrpcTls
+
+    if not args.grpc_tls_cert and not args.grpc_tls_key:
+        if args.grpc_client_ca:
+            raise SystemExit("extproc: --grpc-client-ca needs --grpc-tls-cert and --grpc-tls-key")
+        return None
+    if not (args.grpc_tls_cert and args.grpc_tls_key):
+        raise SystemExit("extproc: --grpc-tls-cert and --grpc-tls-key go together")
+    return GrpcTls(args.grpc_tls_cert, args.grpc_tls_key, args.grpc_client_ca)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -97,6 +117,20 @@ def _parser() -> argparse.ArgumentParser:
         default=float(_env("DRAIN_SECONDS", "300") or 300),
         metavar="S",
         help="then let in-flight streams finish for up to this long; a second SIGTERM cuts it short",
+    )
+    serve.add_argument("--grpc-tls-cert", default=_env("GRPC_TLS_CERT"), metavar="FILE")
+    serve.add_argument("--grpc-tls-key", default=_env("GRPC_TLS_KEY"), metavar="FILE")
+    serve.add_argument(
+        "--grpc-client-ca",
+        default=_env("GRPC_CLIENT_CA"),
+        metavar="FILE",
+        help="require client certificates signed by this CA (mTLS); files reload when they change",
+    )
+    serve.add_argument(
+        "--admin-token-file",
+        default=_env("ADMIN_TOKEN_FILE"),
+        metavar="FILE",
+        help="a bearer token /spend needs (/metrics and health stay open)",
     )
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
     serve.add_argument(
@@ -209,6 +243,8 @@ def _serve(args: argparse.Namespace) -> int:
         journal_fsync=args.journal_fsync,
         journal_max_bytes=args.journal_max_mb * 1024 * 1024,
         redis_access=_redis_access(args),
+        grpc_tls=_grpc_tls(args),
+        admin_token=_read_secret(args.admin_token_file),
         drain_delay_seconds=args.drain_delay_seconds,
         drain_seconds=args.drain_seconds,
         cluster=ClusterOptions(

@@ -7,6 +7,7 @@ asyncio streams, one request per connection.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 from collections.abc import Awaitable, Callable
 
@@ -26,11 +27,14 @@ class AdminServer:
         spend: SpendReport | None = None,
         *,
         store: ReadyCheck | None = None,
+        token: str | None = None,
     ) -> None:
         self.registry = registry
         self.ready = ready
         self.spend = spend
         self.store = store
+        # What per-subject data (/spend) needs: `Authorization: Bearer <token>`.
+        self._authorization = f"bearer {token}".encode() if token else None
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
@@ -50,16 +54,20 @@ class AdminServer:
             request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
             parts = request_line.split(" ")
             method, target = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
-            status, ctype, body = await self._route(method, target.split("?", 1)[0])
+            status, ctype, body = await self._route(method, target.split("?", 1)[0], _authorization(head))
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             writer.close()
             return
         except Exception:
             log.exception("admin request failed")
             status, ctype, body = 500, "text/plain", b"internal error\n"
-        reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}.get(
-            status, "Error"
-        )
+        reason = {
+            200: "OK",
+            401: "Unauthorized",
+            404: "Not Found",
+            405: "Method Not Allowed",
+            503: "Service Unavailable",
+        }.get(status, "Error")
         writer.write(
             f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
             f"Connection: close\r\n\r\n".encode()
@@ -70,7 +78,7 @@ class AdminServer:
         finally:
             writer.close()
 
-    async def _route(self, method: str, path: str) -> tuple[int, str, bytes]:
+    async def _route(self, method: str, path: str, authorization: bytes = b"") -> tuple[int, str, bytes]:
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"read-only\n"
         if path == "/metrics":
@@ -84,5 +92,18 @@ class AdminServer:
             ok, why = await self.store()
             return (200 if ok else 503), "text/plain", (why + "\n").encode()
         if path == "/spend" and self.spend is not None:
+            if self._authorization is not None and not hmac.compare_digest(
+                authorization.lower(), self._authorization.lower()
+            ):
+                return 401, "text/plain", b"a bearer token is needed for per-subject data\n"
             return 200, "application/json", json.dumps(await self.spend()).encode()
         return 404, "text/plain", b"not found\n"
+
+
+def _authorization(head: bytes) -> bytes:
+    """The Authorization header's value (bytes, stripped), or b""."""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"authorization":
+            return value.strip()
+    return b""

@@ -8,7 +8,14 @@ Envoy reset it) the exchange is closed so its hold is released or its usage reco
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import ssl
+import stat
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2, external_processor_pb2_grpc
@@ -56,10 +63,91 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer):
                 log.exception("error closing exchange", route=ex.route)
 
 
+@dataclass(frozen=True, slots=True)
+class GrpcTls:
+    """The gRPC listener's certificate and key (PEM), and for mTLS the CA that signs the
+    clients' certificates (Envoy's). Files are read again when they change (cert-manager
+    rotates them in place): the next handshake serves the new ones."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+
+    def check(self) -> None:
+        """Refuses, before serving, files that are missing, unreadable, not PEM, or whose
+        key is not the certificate's: a clear error at start, not a failed handshake later."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.cert_file, self.key_file)
+        if self.client_ca_file:
+            context.load_verify_locations(self.client_ca_file)
+
+    def _files(self) -> list[str]:
+        return [f for f in (self.cert_file, self.key_file, self.client_ca_file) if f]
+
+    def _stamp(self) -> tuple[tuple[int, int], ...]:
+        stamps = []
+        for path in self._files():
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                stamps.append((st.st_mtime_ns, st.st_size))
+        return tuple(stamps)
+
+    def _configuration(self) -> Any:
+        def read(path: str) -> bytes:
+            with open(path, "rb") as f:
+                return f.read()
+
+        ca = read(self.client_ca_file) if self.client_ca_file else None
+        return grpc.ssl_server_certificate_configuration(
+            [(read(self.key_file), read(self.cert_file))], root_certificates=ca
+        )
+
+    def credentials(self) -> grpc.ServerCredentials:
+        seen = {"stamp": self._stamp()}
+
+        def fetch() -> Any:
+            # Called by gRPC before each handshake: a stat of each file, a reload on change.
+            stamp = self._stamp()
+            if stamp == seen["stamp"]:
+                return None
+            try:
+                self.check()
+                configuration = self._configuration()
+            except (OSError, ssl.SSLError) as exc:  # half-written by a rotation: next time
+                log.error("gRPC certificates not reloaded; serving the previous ones", error=str(exc))
+                return None
+            seen["stamp"] = stamp
+            log.info("gRPC certificates reloaded", files=self._files())
+            return configuration
+
+        return grpc.dynamic_ssl_server_credentials(
+            self._configuration(), fetch, require_client_authentication=self.client_ca_file is not None
+        )
+
+
+def _prepare_unix_socket(address: str) -> None:
+    """A stale socket file (a killed sidecar's) is removed; a live one is refused."""
+    path = address.removeprefix("unix://").removeprefix("unix:")
+    if not os.path.exists(path):
+        return
+    if not stat.S_ISSOCK(os.stat(path).st_mode):
+        raise RuntimeError(f"Failed to bind to address {address}: {path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody listens: left by a process that died
+        return
+    finally:
+        probe.close()
+    raise RuntimeError(f"Failed to bind to address {address}: another process serves on it")
+
+
 def build_server(
-    service: BudgetService, address: str, *, reuse_port: bool = False
+    service: BudgetService, address: str, *, reuse_port: bool = False, tls: GrpcTls | None = None
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """A grpc.aio server with ext_proc, health and reflection; returns it and the bound port."""
+    """A grpc.aio server with ext_proc, health and reflection; returns it and the bound port
+    (0 for a Unix domain socket, `unix:PATH`). With `tls`: TLS, or mTLS with a client CA."""
     options = [("grpc.so_reuseport", 1 if reuse_port else 0)]
     server = grpc.aio.server(options=options)
     external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(service), server)
@@ -69,8 +157,15 @@ def build_server(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    port = server.add_insecure_port(address)
-    if port == 0:  # older grpc answers 0 where newer raises
+    unix = address.startswith("unix:")
+    if unix:
+        _prepare_unix_socket(address)
+    if tls is not None:
+        tls.check()
+        port = server.add_secure_port(address, tls.credentials())
+    else:
+        port = server.add_insecure_port(address)
+    if port == 0 and not unix:  # older grpc answers 0 where newer raises
         raise RuntimeError(f"Failed to bind to address {address}")
     return server, port, health_servicer
 

@@ -22,6 +22,7 @@ class Certs:
     client_cert: Path
     client_key: Path
     other_ca: Path  # a CA that signed none of these
+    ca_key: Path
 
 
 def _name(common: str) -> x509.Name:
@@ -102,4 +103,24 @@ def make_certs(folder: Path) -> Certs:
         client_cert=folder / "client.crt",
         client_key=_write_key(client_key, folder / "client.key"),
         other_ca=folder / "other-ca.crt",
+        ca_key=_write_key(ca_key, folder / "ca.key"),
+    )
+
+
+def reissue_server(certs: Certs, folder: Path) -> Certs:
+    """A new server certificate and key from the same CA (a rotation keeps its CA)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca = x509.load_pem_x509_certificate(certs.ca.read_bytes())
+    ca_key = serialization.load_pem_private_key(certs.ca_key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key, cert = _leaf(ca_key, ca, "127.0.0.1", server=True)
+    (folder / "server.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return Certs(
+        ca=certs.ca,
+        server_cert=folder / "server.crt",
+        server_key=_write_key(key, folder / "server.key"),
+        client_cert=certs.client_cert,
+        client_key=certs.client_key,
+        other_ca=certs.other_ca,
+        ca_key=certs.ca_key,
     )
