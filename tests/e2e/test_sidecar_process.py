@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.support.e2e import call
-from tests.support.http import HttpClient
+from tests.support.http import HttpClient, MockOpenAI
 from tests.support.procs import ROOT, Envoy, Sidecar
 from tests.support.redis_server import free_port
 
@@ -184,3 +184,21 @@ def test_a_second_sidecar_on_a_port_in_use_fails_clearly_instead_of_sharing_it(w
         )
     finally:
         first.stop()
+
+
+async def test_an_untouched_route_answers_with_the_sidecar_gone(upstream: MockOpenAI) -> None:
+    """Zero blast radius: ext_proc is disabled on routes no budget covers (ExtProcPerRoute),
+    so they open no stream and do not fail with the sidecar, while an enforced route does
+    (failure_mode_allow: false)."""
+    sidecar = Sidecar([EXAMPLES_DIR])
+    envoy = Envoy(upstream.port, [sidecar.grpc_port])
+    client = HttpClient("127.0.0.1", envoy.port)
+    try:
+        sidecar.kill()
+        untouched = await call(client, (5, 5), path="/openai/v1/chat/completions")
+        enforced = await call(client, (5, 5))
+        assert (untouched.status, enforced.status) == (200, 500)
+    finally:
+        await client.close()
+        envoy.stop()
+        sidecar.stop()
