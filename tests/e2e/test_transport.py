@@ -142,3 +142,31 @@ async def test_spend_needs_the_admin_token_and_metrics_do_not(tmp_path: Path) ->
         assert [get("/metrics"), get("/healthz"), get("/readyz")] == [200, 200, 200]
     finally:
         sidecar.stop()
+
+
+@pytest.mark.parametrize("problem", ["missing", "wrong key"])
+def test_certificates_it_cannot_use_stop_it_at_start_with_a_clear_line(
+    tmp_path: Path, certs: Certs, problem: str
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.support.redis_server import free_port
+
+    key = certs.client_key if problem == "wrong key" else certs.server_key
+    cert = tmp_path / "missing.crt" if problem == "missing" else certs.server_cert
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "extproc.cli", "serve", "--config", EXAMPLES),
+            *("--grpc-address", f"127.0.0.1:{free_port()}", "--admin-address", f"127.0.0.1:{free_port()}"),
+            *("--grpc-tls-cert", str(cert), "--grpc-tls-key", str(key)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert any(line.get("event") == "cannot use the gRPC certificates" for line in lines), result.stdout
