@@ -202,3 +202,24 @@ async def test_an_untouched_route_answers_with_the_sidecar_gone(upstream: MockOp
         await client.close()
         envoy.stop()
         sidecar.stop()
+
+
+async def test_opted_in_routes_only_the_shape_of_the_istio_envoyfilter(upstream: MockOpenAI) -> None:
+    """envoy/envoy-opt-in.yaml: the filter disabled by default and enabled per route, as
+    deploy/istio/envoyfilter.yaml patches an Istio gateway. The enabled route is enforced
+    (it fails closed with the sidecar gone); the others open no stream and keep answering."""
+    sidecar = Sidecar([EXAMPLES_DIR])
+    envoy = Envoy(upstream.port, [sidecar.grpc_port], template="envoy-opt-in.yaml")
+    client = HttpClient("127.0.0.1", envoy.port)
+    try:
+        assert (await call(client, (5, 5))).status == 200
+        before = len([x for x in sidecar.json_lines() if x.get("event") == "request"])
+        assert before == 1  # the enabled route went through the sidecar
+        sidecar.kill()
+        untouched = await call(client, (5, 5), path="/openai/v1/chat/completions")
+        enforced = await call(client, (5, 5))
+        assert (untouched.status, enforced.status) == (200, 500)
+    finally:
+        await client.close()
+        envoy.stop()
+        sidecar.stop()

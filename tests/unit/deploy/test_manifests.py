@@ -64,3 +64,28 @@ def test_the_images_default_config_path_is_in_the_image() -> None:
     assert config in copied
     (user,) = [line.split()[1] for line in final.splitlines() if line.startswith("USER ")]
     assert user != "0" and user != "root"
+
+
+def test_the_istio_filter_is_off_by_default_and_enabled_on_the_llm_routes_only() -> None:
+    """Zero blast radius on Istio: the filter inserted disabled, a route patch enabling it
+    (the mechanics proven with a real Envoy on envoy/envoy-opt-in.yaml), on the gateways
+    Istio makes for Gateway API resources."""
+    from envoy.config.route.v3 import route_components_pb2
+    from google.protobuf import any_pb2  # noqa: F401  (registers the Any type)
+
+    (doc,) = [
+        d for d in yaml.safe_load_all((ROOT / "deploy" / "istio" / "envoyfilter.yaml").read_text()) if d
+    ]
+    spec = doc["spec"]
+    assert spec["workloadSelector"]["labels"] == {"gateway.networking.k8s.io/gateway-name": "llm-gateway"}
+    filters = [p for p in spec["configPatches"] if p["applyTo"] == "HTTP_FILTER"]
+    routes = [p for p in spec["configPatches"] if p["applyTo"] == "HTTP_ROUTE"]
+    assert [f["patch"]["value"]["disabled"] for f in filters] == [True]
+    assert routes and all(r["match"]["routeConfiguration"]["vhost"]["route"]["name"] for r in routes)
+    for route in routes:
+        per_filter = route["patch"]["value"]["typed_per_filter_config"]["envoy.filters.http.ext_proc"]
+        message = route_components_pb2.Route()
+        json_format.ParseDict(
+            {"name": "x", "typed_per_filter_config": {"envoy.filters.http.ext_proc": per_filter}}, message
+        )
+        assert "envoy.filters.http.ext_proc" in message.typed_per_filter_config
