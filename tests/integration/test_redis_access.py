@@ -157,11 +157,16 @@ async def test_through_sentinel_spend_survives_a_master_failover() -> None:
         # Replicated before the master goes (Redis replication is asynchronous: a master
         # that dies first takes its last writes with it, with or without Sentinel).
         primary, copy = redis.Redis(port=master.port), redis.Redis(port=replica.port)
-        deadline = time.monotonic() + 5
-        while (
-            copy.info("replication").get("master_repl_offset", -1)
-            < primary.info("replication")["master_repl_offset"]
-        ):
+        deadline = time.monotonic() + 30  # a loaded machine: the first sync can take a while
+
+        def caught_up() -> bool:
+            mine = copy.info("replication")
+            return (
+                mine.get("master_link_status") == "up"
+                and mine.get("master_repl_offset", -1) >= primary.info("replication")["master_repl_offset"]
+            )
+
+        while not caught_up():
             assert time.monotonic() < deadline, "the replica did not catch up"
             time.sleep(0.05)
         master.stop()
