@@ -740,3 +740,15 @@ def _path(parts: Any) -> str:
     for part in parts:
         text += f"[{part}]" if isinstance(part, int) else f".{part}"
     return text.lstrip(".") or "(root)"
+
+
+def offline_schema_problems(doc: dict[str, Any]) -> list[str]:
+    """What the offline Kubernetes schemas (kubernetes-validate, strict: an unknown or
+    misspelt field anywhere is an error, as `kubectl --validate=strict`) say of a document."""
+    import kubernetes_validate
+
+    try:
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+    except kubernetes_validate.ValidationError as error:
+        return [f"{'.'.join(str(p) for p in error.path)}: {error.message}"]
+    return []
