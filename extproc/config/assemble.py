@@ -65,6 +65,17 @@ def assemble(
         fragment = by_report.get(id(own))
         return report(fragment) if fragment is not None else own
 
+    def claim_first(
+        fragment: Fragment, key: str, line: int, path: str, sites: dict[str, str], what: str, verb: str
+    ) -> bool:
+        """The first resource to claim a key (a dimension, a namespace's labels) gets it;
+        a later one is reported where it claims it."""
+        if key in sites:
+            report(fragment).add(line, path, f'{what} "{key}" is already {verb} at {sites[key]}')
+            return False
+        sites[key] = fragment.report.site(line)
+        return True
+
     resources: dict[tuple[str, str, str], str] = {}
     budgets: list[BudgetResource] = []
     policies: list[EnforcementPolicy] = []
@@ -88,26 +99,27 @@ def assemble(
             resources[key] = fragment.report.site(fragment.line)
         valid = fragment.valid
         for claim in fragment.dimensions:
-            if claim.key in dimension_sites:
-                report(fragment).add(
-                    claim.line,
-                    claim.path,
-                    f'dimension "{claim.key}" is already defined at {dimension_sites[claim.key]}',
+            if (
+                claim_first(
+                    fragment, claim.key, claim.line, claim.path, dimension_sites, "dimension", "defined"
                 )
-                continue
-            dimension_sites[claim.key] = fragment.report.site(claim.line)
-            if valid and claim.dimension is not None:
+                and valid
+                and claim.dimension is not None
+            ):
                 dimensions[claim.key] = claim.dimension
         for labelled in fragment.namespaces:
-            if labelled.name in namespace_sites:
-                report(fragment).add(
+            if (
+                claim_first(
+                    fragment,
+                    labelled.name,
                     labelled.line,
                     labelled.path,
-                    f'namespace "{labelled.name}" is already labelled at {namespace_sites[labelled.name]}',
+                    namespace_sites,
+                    "namespace",
+                    "labelled",
                 )
-                continue
-            namespace_sites[labelled.name] = fragment.report.site(labelled.line)
-            if valid:
+                and valid
+            ):
                 namespace_labels[labelled.name] = labelled.labels
         if fragment.config_map is not None:
             config_maps[(fragment.namespace, fragment.name)] = fragment.config_map

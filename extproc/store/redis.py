@@ -510,7 +510,10 @@ def _text(raw: Any) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
-def _pick(items: Sequence[T], indexes: Sequence[int]) -> list[T]:
+def _pick(items: Sequence[T], indexes: Sequence[int]) -> Sequence[T]:
+    # Standalone Redis has one group of every index, in order: no copy on the hot path.
+    if len(indexes) == len(items):
+        return items
     return [items[i] for i in indexes]
 
 

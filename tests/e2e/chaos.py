@@ -29,6 +29,7 @@ from extproc.budgets import Charge
 from extproc.config import load_config
 from extproc.service import counter_for
 from extproc.store import RedisStore
+from tests.support.e2e import redis_spend
 from tests.support.http import HttpClient, MockOpenAI
 from tests.support.procs import Envoy, Sidecar
 from tests.support.redis_server import RedisProcess, start_redis
@@ -144,14 +145,7 @@ class World:
         self.redis.stop()
 
     async def tokens(self, subject: tuple[tuple[str, str], ...] = (), entry: str = "all") -> int:
-        (resource,) = [b for b in load_config([self.folder / "config"]).budgets]
-        (found,) = [e for e in resource.entries if e.name == entry]
-        store = RedisStore(self.redis.url, timeout_seconds=2, server_clock=True)
-        try:
-            (state,) = await store.read([counter_for(Charge(entry=found, values=subject))], time.time())
-        finally:
-            await store.close()
-        return state.spend
+        return await redis_spend(self.redis.url, self.folder / "config", entry, subject)
 
 
 async def _send(client: HttpClient, headers: dict[str, str] | None = None) -> str:

@@ -20,33 +20,14 @@ import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from extproc.budgets import Charge
-from extproc.config import load_config
-from extproc.service import counter_for
-from extproc.store import RedisStore
+from tests.support.e2e import redis_spend, token_budget
 from tests.support.http import HttpClient, MockOpenAI
 from tests.support.procs import Envoy, Sidecar
 from tests.support.redis_server import free_port
 
 pytestmark = pytest.mark.e2e
 
-CONFIG = """\
-apiVersion: budgets.extproc.dev/v1alpha1
-kind: Budget
-metadata: {name: drain, namespace: team-a}
-spec:
-  budgets:
-  - name: tokens
-    limit: {unit: Tokens, amount: 100000000}
-    window: {unit: Day}
-    onBudgetExceeded: Block
----
-apiVersion: budgets.extproc.dev/v1alpha1
-kind: BudgetPolicy
-metadata: {name: enforce, namespace: team-a}
-spec:
-  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: budget-demo}]
-"""
+CONFIG = token_budget("drain", failure_mode="Open")
 STREAM = {
     "model": "gpt-4o",
     "messages": [{"role": "user", "content": "Hi"}],
@@ -79,17 +60,6 @@ def all_json(sidecar: Sidecar) -> list[str]:
         except ValueError:
             bad.append(line)
     return bad
-
-
-async def spend(url: str, config_dir: Path) -> int:
-    (resource,) = load_config([config_dir]).budgets
-    (entry,) = resource.entries
-    store = RedisStore(url, timeout_seconds=2)
-    try:
-        (state,) = await store.read([counter_for(Charge(entry=entry, values=()))], time.time())
-    finally:
-        await store.close()
-    return state.spend
 
 
 @pytest.fixture
@@ -140,7 +110,7 @@ async def test_sigterm_drains_streams_longer_than_five_seconds_and_records_their
         assert [r.status for r in responses] == [200] * 4  # type: ignore[attr-defined]
         assert all(b"[DONE]" in r.body for r in responses)  # type: ignore[attr-defined]
         assert await asyncio.to_thread(sidecar.popen.wait, 30) == 0
-        assert await spend(e2e_redis, config_dir) == 4 * 31
+        assert await redis_spend(e2e_redis, config_dir) == 4 * 31
         assert all_json(sidecar) == []
         events = [line.get("event") for line in sidecar.json_lines()]
         assert "draining" in events and "drained" in events

@@ -20,35 +20,14 @@ from pathlib import Path
 import pytest
 import redis as redis_client
 
-from extproc.budgets import Charge
-from extproc.config import load_config
-from extproc.service import counter_for
-from extproc.store import RedisStore
-from tests.support.e2e import call
+from tests.support.e2e import call, redis_spend, token_budget
 from tests.support.http import HttpClient, MockOpenAI
 from tests.support.procs import Envoy, Sidecar
 from tests.support.redis_server import SPIN, spin_loops, start_redis
 
 pytestmark = pytest.mark.e2e
 
-CONFIG = """\
-apiVersion: budgets.extproc.dev/v1alpha1
-kind: Budget
-metadata: {name: durable, namespace: team-a}
-spec:
-  budgets:
-  - name: tokens
-    limit: {unit: Tokens, amount: 100000000}
-    window: {unit: Day}
-    onBudgetExceeded: Block
----
-apiVersion: budgets.extproc.dev/v1alpha1
-kind: BudgetPolicy
-metadata: {name: enforce, namespace: team-a}
-spec:
-  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: budget-demo}]
-  failureMode: Open
-"""
+CONFIG = token_budget("durable")
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 30}
 USAGE = (11, 20)  # 31 tokens a response
 
@@ -59,17 +38,6 @@ def metric(sidecar: Sidecar, name: str) -> float:
             if line.startswith(name + " "):
                 return float(line.split()[1])
     return 0.0
-
-
-async def redis_spend(url: str, config_dir: Path) -> int:
-    (resource,) = load_config([config_dir]).budgets
-    (entry,) = resource.entries
-    store = RedisStore(url, timeout_seconds=2)
-    try:
-        (state,) = await store.read([counter_for(Charge(entry=entry, values=()))], time.time())
-    finally:
-        await store.close()
-    return state.spend
 
 
 async def test_a_sidecar_killed_during_a_redis_outage_loses_no_spend_and_counts_none_twice(
