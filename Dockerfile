@@ -13,6 +13,7 @@ COPY --from=build /install /usr/local
 COPY examples /etc/extproc/examples
 USER 10001
 ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
     EXTPROC_CONFIG=/etc/extproc/examples \
     EXTPROC_GRPC_ADDRESS=0.0.0.0:50051 \
     EXTPROC_ADMIN_ADDRESS=0.0.0.0:9090

@@ -210,6 +210,7 @@ async def serve(opts: ServeOptions, *, stop: asyncio.Event | None = None) -> Non
         )
         await cluster.start()
         if not await _wait_for(cluster.source.ready, stop):
+            log.info("stopped before serving", waiting=startup.waiting)  # nothing admitted yet
             await cluster.stop()
             await admin.stop()
             return
@@ -280,7 +281,10 @@ async def serve(opts: ServeOptions, *, stop: asyncio.Event | None = None) -> Non
         pid=os.getpid(),
     )
     await stop.wait()
+    drain_deadline = time.monotonic() + opts.drain_delay_seconds + opts.drain_seconds
     await _drain(opts, startup, server, health_servicer, metrics, hurry)
+    if isinstance(store, FailoverStore) and store.pending_records:
+        await _confirm_pending(store, drain_deadline, hurry, opts.journal_dir)
     if watcher is not None:
         await watcher.stop()
     if cluster is not None:
@@ -308,8 +312,8 @@ async def _drain(
 ) -> None:
     """SIGTERM: not ready and NOT_SERVING at once; new streams still taken for the delay
     (while endpoints propagate); then no new streams, and the open ones finish, their spend
-    recorded, for up to drain_seconds. A second SIGTERM (hurry) ends them at once: their
-    holds are released, and what they had not reported is not charged (logged)."""
+    recorded, for up to drain_seconds. The deadline or a second SIGTERM (hurry) ends the
+    rest: a stream cut before its usage arrived is charged an estimate (logged each)."""
     startup.draining = True
     await mark_serving(health_servicer, False)  # type: ignore[arg-type]
     open_streams = _open_streams(metrics)
@@ -321,17 +325,55 @@ async def _drain(
     )
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(hurry.wait(), opts.drain_delay_seconds)
-    stopping = asyncio.ensure_future(server.stop(grace=None if hurry.is_set() else opts.drain_seconds))
+    # No new streams from here; the open ones finish, until the deadline or a second signal
+    # (the server's own grace is a backstop: the cut below is ours, so that it is logged).
+    stopping = asyncio.ensure_future(server.stop(grace=opts.drain_seconds + 5))
     hurrying = asyncio.ensure_future(hurry.wait())
-    await asyncio.wait([stopping, hurrying], return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait([stopping, hurrying], timeout=opts.drain_seconds, return_when=asyncio.FIRST_COMPLETED)
     if not stopping.done():
         left = _open_streams(metrics)
-        log.warning("drain cut short by a second signal", open_streams=left)
+        if hurry.is_set():
+            log.warning("drain cut short by a second signal", open_streams=left)
+        else:
+            log.warning("drain deadline reached; cutting the open streams", open_streams=left)
+        if startup.service is not None:
+            startup.service.cutting = True  # their spend is estimated, not dropped
         await server.stop(grace=None)
         await stopping
+        # The cut streams account for themselves (a store call each) before the store closes.
+        for _ in range(100):
+            if _open_streams(metrics) == 0:
+                break
+            await asyncio.sleep(0.05)
     hurrying.cancel()
     left = _open_streams(metrics)
     log.info("drained", open_streams=left)
+
+
+async def _confirm_pending(
+    store: FailoverStore, deadline: float, hurry: asyncio.Event, journal_dir: str | None
+) -> None:
+    """Spend Redis has not confirmed, sent again for what is left of the drain: the journal
+    outlives a container restart, but not the pod's deletion (an emptyDir)."""
+    log.info("drain: waiting for Redis to confirm spend", pending_records=store.pending_records)
+    flushing = asyncio.ensure_future(store.flush(max(0.0, deadline - time.monotonic())))
+    hurrying = asyncio.ensure_future(hurry.wait())
+    await asyncio.wait([flushing, hurrying], return_when=asyncio.FIRST_COMPLETED)
+    hurrying.cancel()
+    if not flushing.done():
+        flushing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flushing
+    left = store.pending_records
+    if left and journal_dir:
+        # Kept, not lost: the next sidecar started on this journal sends them.
+        log.warning("exiting with spend Redis has not confirmed", pending_records=left, journal=journal_dir)
+    elif left:
+        log.error(
+            "exiting with spend Redis has not confirmed, and no journal: it is lost", pending_records=left
+        )
+    else:
+        log.info("drain: Redis confirmed all spend")
 
 
 def run(opts: ServeOptions) -> int:

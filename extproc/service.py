@@ -98,6 +98,9 @@ class BudgetService:
         self.store = store
         self.metrics = metrics
         self.settings = settings or Settings()
+        # Set when a drain's deadline (or a second signal) ends the open streams: a stream
+        # cut then, before its usage arrived, is charged an estimate instead of nothing.
+        self.cutting = False
 
     # -- the message dispatch -------------------------------------------------------
 
@@ -249,15 +252,14 @@ class BudgetService:
             return _budget_exceeded_reply(*blocker)
         return reply
 
+    def _held_output_tokens(self, ex: Exchange) -> int:
+        req = ex.request
+        return req.max_tokens if req.max_tokens is not None else self.settings.default_output_hold_tokens
+
     def _holds(self, ex: Exchange) -> list[int]:
         """Each counter's hold: the request's estimated cost in that counter's unit."""
         req = ex.request
-        estimate = Usage(
-            input_tokens=req.estimated_input_tokens,
-            output_tokens=req.max_tokens
-            if req.max_tokens is not None
-            else self.settings.default_output_hold_tokens,
-        )
+        estimate = Usage(input_tokens=req.estimated_input_tokens, output_tokens=self._held_output_tokens(ex))
         nanos: int | None = None
         holds = []
         for charge in ex.charges:
@@ -333,8 +335,9 @@ class BudgetService:
         metadata = await self.close(ex)
         return wire.response_body_reply(None, metadata)
 
-    async def close(self, ex: Exchange, reason: str = "") -> Struct | None:
-        """Account for the exchange once: record what usage was seen, else release holds."""
+    async def close(self, ex: Exchange, reason: str = "", *, cut: bool = False) -> Struct | None:
+        """Account for the exchange once: record what usage was seen, else release holds.
+        `cut`: this sidecar ended the stream mid-response (a drain's deadline)."""
         if ex.finished or not ex.admitted:
             return None
         ex.finished = True
@@ -343,13 +346,24 @@ class BudgetService:
             self.metrics.parse_problems.labels("response", problem).inc()
         model = response_model or ex.request.model
         estimated = False
-        if usage is None and ex.status and ex.route_budgets is not None and ex.route_budgets.estimate_usage:
-            # Asked for by the route's policy: rather an estimate than a free call.
-            usage = Usage(
-                input_tokens=ex.request.estimated_input_tokens, output_tokens=-(-ex.response_bytes // 4)
-            )
+        asked = ex.route_budgets is not None and ex.route_budgets.estimate_usage
+        if usage is None and ex.status and (asked or cut):
+            # Rather an estimate than a free call: asked for by the route's policy, or the
+            # upstream produced (and will bill) output this sidecar stopped watching. A byte
+            # in four; a cut stream's at most what its hold assumed (SSE framing inflates).
+            output = -(-ex.response_bytes // 4)
+            if cut:
+                output = min(output, self._held_output_tokens(ex))
+            usage = Usage(input_tokens=ex.request.estimated_input_tokens, output_tokens=output)
             estimated = True
             self.metrics.estimated.labels(ex.route).inc()
+            if cut:
+                log.warning(
+                    "stream cut by the drain before its usage arrived; its spend is estimated",
+                    route=ex.route,
+                    input_tokens=usage.input_tokens,
+                    output_tokens=usage.output_tokens,
+                )
         if usage is None:
             await self._release(ex, reason or problem or "no usage")
             if ex.status:

@@ -47,8 +47,8 @@ kubectl wait --for=condition=Established --timeout=60s crd --all
 
 say "namespaces, ServiceAccount and RBAC"
 kubectl apply -f "$here/namespaces.yaml"
-kubectl apply -f "$root/deploy/rbac/service-account.yaml" \
-  -f "$root/deploy/rbac/leases.yaml" -f "$root/deploy/rbac/cluster-role.yaml"
+kubectl apply -f "$root/deploy/kubernetes/base/service-account.yaml"
+kubectl apply -k "$root/deploy/rbac"
 
 say "the sidecar and Envoy"
 kubectl apply -f "$here/extproc.yaml" -f "$here/envoy.yaml"

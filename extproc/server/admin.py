@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 from collections.abc import Awaitable, Callable
 
@@ -33,7 +34,8 @@ class AdminServer:
         self.ready = ready
         self.spend = spend
         self.store = store
-        # What per-subject data (/spend) needs: `Authorization: Bearer <token>`.
+        # What per-subject data (/spend) needs: `Authorization: Bearer <token>`; without a
+        # token it is served to loopback peers only.
         self._authorization = f"bearer {token}".encode() if token else None
         self._server: asyncio.base_events.Server | None = None
 
@@ -54,7 +56,9 @@ class AdminServer:
             request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
             parts = request_line.split(" ")
             method, target = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
-            status, ctype, body = await self._route(method, target.split("?", 1)[0], _authorization(head))
+            status, ctype, body = await self._route(
+                method, target.split("?", 1)[0], _authorization(head), local=_loopback(writer)
+            )
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             writer.close()
             return
@@ -64,6 +68,7 @@ class AdminServer:
         reason = {
             200: "OK",
             401: "Unauthorized",
+            403: "Forbidden",
             404: "Not Found",
             405: "Method Not Allowed",
             503: "Service Unavailable",
@@ -78,7 +83,9 @@ class AdminServer:
         finally:
             writer.close()
 
-    async def _route(self, method: str, path: str, authorization: bytes = b"") -> tuple[int, str, bytes]:
+    async def _route(
+        self, method: str, path: str, authorization: bytes = b"", *, local: bool = True
+    ) -> tuple[int, str, bytes]:
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"read-only\n"
         if path == "/metrics":
@@ -92,12 +99,28 @@ class AdminServer:
             ok, why = await self.store()
             return (200 if ok else 503), "text/plain", (why + "\n").encode()
         if path == "/spend" and self.spend is not None:
+            if self._authorization is None and not local:
+                return (
+                    403,
+                    "text/plain",
+                    b"per-subject data: ask from localhost, or give --admin-token-file\n",
+                )
             if self._authorization is not None and not hmac.compare_digest(
                 authorization.lower(), self._authorization.lower()
             ):
                 return 401, "text/plain", b"a bearer token is needed for per-subject data\n"
             return 200, "application/json", json.dumps(await self.spend()).encode()
         return 404, "text/plain", b"not found\n"
+
+
+def _loopback(writer: asyncio.StreamWriter) -> bool:
+    peer = writer.get_extra_info("peername")
+    try:
+        address = ipaddress.ip_address(peer[0])
+    except (TypeError, IndexError, ValueError):
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 on a dual-stack socket
+    return (mapped or address).is_loopback
 
 
 def _authorization(head: bytes) -> bytes:

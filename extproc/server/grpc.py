@@ -55,12 +55,15 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer):
                 if reply.HasField("immediate_response"):
                     break
         finally:
-            metrics.streams.dec()
+            # Ended by the drain's cut (grpc closes the handler; no exception reaches here).
+            cut = service.cutting
             try:
-                await service.close(ex, reason="stream ended")
+                await service.close(ex, reason="cut by the drain" if cut else "stream ended", cut=cut)
             except Exception:
                 metrics.errors.labels("close").inc()
                 log.exception("error closing exchange", route=ex.route)
+            finally:
+                metrics.streams.dec()  # after its spend is accounted for: the drain waits on it
 
 
 @dataclass(frozen=True, slots=True)

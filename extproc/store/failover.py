@@ -334,6 +334,15 @@ class FailoverStore:
         if self._journal is not None:
             await self._journal.close()
 
+    async def flush(self, timeout: float) -> int:
+        """Send what is pending until Redis has confirmed all of it or `timeout` passes (a
+        drain: the journal may not outlive the pod); returns how many are left."""
+        deadline = time.monotonic() + timeout
+        while self._pending and time.monotonic() < deadline:
+            if not await self.replay_pending():
+                await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        return len(self._pending)
+
     # -- replay -------------------------------------------------------------------------
 
     async def replay_pending(self) -> int:

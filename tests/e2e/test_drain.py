@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import time
 import urllib.error
@@ -23,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.support.e2e import redis_spend, token_budget
 from tests.support.http import HttpClient, MockOpenAI
 from tests.support.procs import Envoy, Sidecar
-from tests.support.redis_server import free_port
+from tests.support.redis_server import free_port, start_redis
 
 pytestmark = pytest.mark.e2e
 
@@ -139,3 +140,129 @@ async def test_a_second_sigterm_cuts_the_drain_short_and_exits_cleanly(
     finally:
         envoy.stop()
         sidecar.stop()
+
+
+async def test_a_drain_deadline_shorter_than_a_stream_charges_each_cut_stream_an_estimate(
+    config_dir: Path, e2e_redis: str, upstream: MockOpenAI
+) -> None:
+    """Streams of ~7 s, a 2 s drain: the deadline cuts them, says so, and each cut stream
+    (whose usage never arrived) is charged an estimate, logged with its tokens: none free."""
+    redis.Redis.from_url(e2e_redis).flushall()
+    extra = ["--drain-delay-seconds", "0", "--drain-seconds", "2"]
+    sidecar = Sidecar([str(config_dir)], redis_url=e2e_redis, extra=extra)
+    envoy = Envoy(upstream.port, [sidecar.grpc_port])
+    try:
+        streams = await _streams(envoy, 3)
+        started = time.monotonic()
+        sidecar.popen.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(sidecar.popen.wait, 30) == 0
+        assert time.monotonic() - started < 6  # the deadline, not the streams' end
+        await asyncio.gather(*streams, return_exceptions=True)
+        assert all_json(sidecar) == []
+        lines = sidecar.json_lines()
+        (deadline,) = [line for line in lines if line.get("event", "").startswith("drain deadline reached")]
+        assert deadline["open_streams"] == 3 and deadline["level"] == "warning"
+        cut = [line for line in lines if line.get("event", "").startswith("stream cut by the drain")]
+        assert len(cut) == 3
+        charged = sum(line["input_tokens"] + line["output_tokens"] for line in cut)
+        assert all(line["output_tokens"] > 0 for line in cut)  # the bytes it had seen
+        assert await redis_spend(e2e_redis, config_dir) == charged
+    finally:
+        envoy.stop()
+        sidecar.stop()
+
+
+def test_sigterm_while_starting_up_stops_cleanly_before_serving(tmp_path: Path) -> None:
+    """Waiting for a Kubernetes API that does not answer: SIGTERM stops it at once, exit 0,
+    JSON lines only (nothing was admitted, so nothing is owed)."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        f"clusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{free_port()}'}}}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: c, context: {cluster: c, user: u, namespace: default}}]\n"
+    )
+    argv = ["--source", "kubernetes", "--kubeconfig", str(kubeconfig), "--lease-namespace", "default"]
+    sidecar = Sidecar([], extra=argv, ready="/healthz")  # live, not ready: it is still listing
+    try:
+        assert status(f"http://127.0.0.1:{sidecar.admin_port}/readyz") == 503
+        sidecar.popen.send_signal(signal.SIGTERM)
+        assert sidecar.popen.wait(10) == 0
+        assert all_json(sidecar) == []
+        assert "stopped before serving" in [line.get("event") for line in sidecar.json_lines()]
+    finally:
+        sidecar.stop()
+
+
+async def test_sigkill_during_a_drain_loses_none_of_the_spend_it_journalled(
+    tmp_path: Path, config_dir: Path, upstream: MockOpenAI
+) -> None:
+    """Streams finish during the drain while Redis is hung, so their spend goes to the
+    journal unconfirmed; the sidecar is SIGKILLed mid-drain (the grace period ran out, a
+    node died). The next sidecar on that journal records each exactly once."""
+    journal = tmp_path / "journal"
+    own_redis = start_redis()
+    extra = ["--journal-dir", str(journal), "--store-timeout-ms", "100", "--drain-delay-seconds", "0"]
+    first = Sidecar([str(config_dir)], redis_url=own_redis.url, extra=[*extra, "--drain-seconds", "60"])
+    second: Sidecar | None = None
+    envoy = Envoy(upstream.port, [first.grpc_port])
+    try:
+        streams = await _streams(envoy, 3)
+        first.popen.send_signal(signal.SIGTERM)
+        os.kill(own_redis.popen.pid, signal.SIGSTOP)  # their records will time out
+        responses = await asyncio.gather(*streams)
+        assert [r.status for r in responses] == [200] * 3  # type: ignore[attr-defined]
+        await asyncio.sleep(0.5)  # recorded into the journal, unconfirmed
+        assert first.alive()  # still draining: Redis has not confirmed them
+        os.killpg(first.popen.pid, signal.SIGKILL)
+        first.popen.wait(5)
+        os.kill(own_redis.popen.pid, signal.SIGCONT)
+        second = Sidecar([str(config_dir)], redis_url=own_redis.url, extra=extra)
+        expected = 3 * 31
+        deadline = time.monotonic() + 20
+        while await redis_spend(own_redis.url, config_dir) != expected and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert await redis_spend(own_redis.url, config_dir) == expected
+        await asyncio.sleep(1.0)  # nothing arrives late to count twice
+        assert await redis_spend(own_redis.url, config_dir) == expected
+    finally:
+        envoy.stop()
+        if own_redis.popen.poll() is None:
+            os.kill(own_redis.popen.pid, signal.SIGCONT)
+        first.stop()
+        if second is not None:
+            second.stop()
+        own_redis.stop()
+
+
+async def test_a_drain_waits_for_redis_to_confirm_journalled_spend_before_exiting(
+    tmp_path: Path, config_dir: Path, upstream: MockOpenAI
+) -> None:
+    """The journal does not outlive the pod (an emptyDir): spend recorded while Redis was
+    hung is sent again during the drain, and the sidecar exits 0 once Redis confirms it."""
+    own_redis = start_redis()
+    extra = ["--journal-dir", str(tmp_path / "journal"), "--store-timeout-ms", "100"]
+    sidecar = Sidecar(
+        [str(config_dir)], redis_url=own_redis.url, extra=[*extra, "--drain-delay-seconds", "0"]
+    )
+    envoy = Envoy(upstream.port, [sidecar.grpc_port])
+    try:
+        streams = await _streams(envoy, 2)
+        sidecar.popen.send_signal(signal.SIGTERM)
+        os.kill(own_redis.popen.pid, signal.SIGSTOP)
+        await asyncio.gather(*streams)
+        await asyncio.sleep(1.0)
+        assert sidecar.alive()  # waiting for Redis, within the drain
+        os.kill(own_redis.popen.pid, signal.SIGCONT)
+        assert await asyncio.to_thread(sidecar.popen.wait, 30) == 0
+        assert await redis_spend(own_redis.url, config_dir) == 2 * 31
+        events = [line.get("event") for line in sidecar.json_lines()]
+        assert "drain: waiting for Redis to confirm spend" in events
+        assert "drain: Redis confirmed all spend" in events
+        assert all_json(sidecar) == []
+    finally:
+        envoy.stop()
+        if own_redis.popen.poll() is None:
+            os.kill(own_redis.popen.pid, signal.SIGCONT)
+        sidecar.stop()
+        own_redis.stop()

@@ -314,6 +314,17 @@ async def test_response_trailers_close_the_exchange_and_are_answered_in_kind(ser
     assert (await exchange(service, 1, 1))[-1].HasField("immediate_response")  # the 2,100 tokens counted
 
 
+async def responding(service: BudgetService, content_type: str) -> Exchange:
+    """A chat completion (max_tokens 10) admitted on budget-demo, its response begun."""
+    ex = Exchange()
+    await service.handle(ex, headers_msg("request_headers", {":path": "/v1/chat/completions"}, "budget-demo"))
+    await service.handle(ex, body_msg("request_body", request_body(max_tokens=10)))
+    await service.handle(
+        ex, headers_msg("response_headers", {":status": "200", "content-type": content_type})
+    )
+    return ex
+
+
 def estimating_config() -> Config:
     base = demo_config()
     policy = dataclasses.replace(base.policies[0], estimate_usage=True, provider="openai")
@@ -323,14 +334,7 @@ def estimating_config() -> Config:
 async def test_a_response_without_usage_is_estimated_from_sizes_only_when_the_policy_asks() -> None:
     for config, counted in ((demo_config(), False), (estimating_config(), True)):
         service = BudgetService(Snapshot(config), MemoryStore(), Metrics())
-        ex = Exchange()
-        await service.handle(
-            ex, headers_msg("request_headers", {":path": "/v1/chat/completions"}, "budget-demo")
-        )
-        await service.handle(ex, body_msg("request_body", request_body(max_tokens=10)))
-        await service.handle(
-            ex, headers_msg("response_headers", {":status": "200", "content-type": "application/json"})
-        )
+        ex = await responding(service, "application/json")
         reply = await service.handle(ex, body_msg("response_body", b'{"id":"x","choices":[]}' + b" " * 7976))
         assert reply.HasField("dynamic_metadata") is counted
         if counted:
@@ -606,3 +610,20 @@ async def test_unenforced_requests_are_counted_by_route_with_the_labels_capped(
         s.labels["route"] for m in samples for s in m.samples if s.name == "extproc_unenforced_requests_total"
     }
     assert len(routes) == UNENFORCED_ROUTE_LABELS + 1 and "budget-demo" not in routes
+
+
+async def test_a_stream_cut_by_the_drain_is_charged_an_estimate_capped_by_its_hold() -> None:
+    """A drain's deadline ends a stream before its usage arrived: not free, and not more
+    output than the request allowed (SSE framing makes bytes a poor count)."""
+    for cut, counted in ((False, None), (True, 10)):
+        service = BudgetService(Snapshot(demo_config()), MemoryStore(), Metrics())
+        ex = await responding(service, "text/event-stream")
+        await service.handle(ex, body_msg("response_body", b'data: {"choices":[]}\n\n' * 50, eos=False))
+        meta = await service.close(ex, "cut by the drain" if cut else "stream ended", cut=cut)
+        if counted is None:
+            assert meta is None and service.metrics.estimated.labels("budget-demo")._value.get() == 0
+        else:
+            assert meta is not None
+            fields = meta.fields["extproc.budgets"].struct_value.fields
+            assert fields["output_tokens"].number_value == counted  # max_tokens, not 275
+            assert fields["input_tokens"].number_value > 0

@@ -194,8 +194,8 @@ def test_up_applies_every_manifest_and_shows_the_status_columns() -> None:
         assert f'"$here/{path.name}"' in text, path.name
     for path in ("deploy/crds/budgets.extproc.dev.yaml", "deploy/crds/enterpriseagentgateway.solo.io.yaml"):
         assert f'"$root/{path}"' in text
-    for path in sorted((ROOT / "deploy" / "rbac").glob("*.yaml")):
-        assert f'"$root/deploy/rbac/{path.name}"' in text
+    assert '"$root/deploy/kubernetes/base/service-account.yaml"' in text
+    assert 'kubectl apply -k "$root/deploy/rbac"' in text
     assert "kind load docker-image" in text and "kubectl get budgets,budgetpolicies -A" in text
     assert '"429"' in text
 

@@ -11,7 +11,7 @@ from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 from google.protobuf import json_format
 
 ROOT = Path(__file__).resolve().parents[3]
-MANIFESTS = sorted((ROOT / "deploy").rglob("*.yaml"))
+MANIFESTS = sorted(p for p in (ROOT / "deploy").rglob("*.yaml") if p.name != "kustomization.yaml")
 
 
 def _ext_proc_configs(node: Any) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from tests.unit.deploy.k8s_schema import offline_schema_problems
 
 ROOT = Path(__file__).resolve().parents[3]
 RBAC = ROOT / "deploy" / "rbac"
+ACCOUNT = ROOT / "deploy" / "kubernetes" / "base" / "service-account.yaml"
 CRDS = [
     d
     for path in sorted((ROOT / "deploy" / "crds").glob("*.yaml"))
@@ -21,7 +22,15 @@ CRDS = [
     if d
 ]
 # Groups that kubernetes-validate has schemas for; anything else is a custom resource.
-BUILT_IN_GROUPS = {"", "apps", "rbac.authorization.k8s.io", "apiextensions.k8s.io", "coordination.k8s.io"}
+BUILT_IN_GROUPS = {
+    "",
+    "apps",
+    "policy",
+    "networking.k8s.io",
+    "rbac.authorization.k8s.io",
+    "apiextensions.k8s.io",
+    "coordination.k8s.io",
+}
 
 
 def _docs(path: Path) -> list[dict[str, Any]]:
@@ -36,6 +45,8 @@ def _one(path: Path, kind: str) -> dict[str, Any]:
 def _built_in_manifests() -> list[tuple[str, dict[str, Any]]]:
     found = []
     for path in sorted((ROOT / "deploy").rglob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue  # not an object; what the overlays render is checked in test_kustomize.py
         for doc in _docs(path):
             group = doc["apiVersion"].rpartition("/")[0]
             if group in BUILT_IN_GROUPS:
@@ -115,7 +126,7 @@ def test_the_namespaced_variant_reads_no_namespaces_and_nothing_cluster_wide() -
 
 
 def test_leases_are_a_role_in_the_sidecars_namespace() -> None:
-    account = _one(RBAC / "service-account.yaml", "ServiceAccount")
+    account = _one(ACCOUNT, "ServiceAccount")
     role = _one(RBAC / "leases.yaml", "Role")
     assert role["metadata"]["namespace"] == account["metadata"]["namespace"]
     assert _rules(role) == {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
@@ -128,7 +139,7 @@ def test_leases_are_a_role_in_the_sidecars_namespace() -> None:
 
 
 def test_every_binding_names_the_sidecars_service_account_and_an_existing_role() -> None:
-    account = _one(RBAC / "service-account.yaml", "ServiceAccount")
+    account = _one(ACCOUNT, "ServiceAccount")
     subject = {
         "kind": "ServiceAccount",
         "name": account["metadata"]["name"],
@@ -137,10 +148,17 @@ def test_every_binding_names_the_sidecars_service_account_and_an_existing_role()
     roles = {
         (d["kind"], d["metadata"]["name"], d["metadata"].get("namespace"))
         for path in RBAC.rglob("*.yaml")
+        if path.name != "kustomization.yaml"
         for d in _docs(path)
         if d["kind"] in ("Role", "ClusterRole")
     }
-    bindings = [d for path in RBAC.rglob("*.yaml") for d in _docs(path) if d["kind"].endswith("Binding")]
+    bindings = [
+        d
+        for path in RBAC.rglob("*.yaml")
+        if path.name != "kustomization.yaml"
+        for d in _docs(path)
+        if d["kind"].endswith("Binding")
+    ]
     assert len(bindings) == 3
     for binding in bindings:
         assert binding["subjects"] == [subject]
@@ -165,7 +183,7 @@ def test_every_granted_custom_resource_exists_with_the_subresource_it_patches() 
 
 
 def test_the_kind_sidecar_runs_as_the_service_account() -> None:
-    account = _one(RBAC / "service-account.yaml", "ServiceAccount")
+    account = _one(ACCOUNT, "ServiceAccount")
     deployment = _one(ROOT / "deploy" / "kind" / "extproc.yaml", "Deployment")
     assert deployment["metadata"]["namespace"] == account["metadata"]["namespace"]
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == account["metadata"]["name"]
