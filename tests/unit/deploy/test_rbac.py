@@ -186,4 +186,7 @@ def test_the_kind_sidecar_runs_as_the_service_account() -> None:
     account = _one(ACCOUNT, "ServiceAccount")
     deployment = _one(ROOT / "deploy" / "kind" / "extproc.yaml", "Deployment")
     assert deployment["metadata"]["namespace"] == account["metadata"]["namespace"]
-    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == account["metadata"]["name"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+    # The account mounts no token by default; the Kubernetes source needs one.
+    assert account["automountServiceAccountToken"] is False and pod["automountServiceAccountToken"] is True
