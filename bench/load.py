@@ -52,11 +52,14 @@ async def _drive(port: int, path: str, seconds: float, connections: int) -> list
     return latencies
 
 
-def _row(name: str, latencies: list[float], seconds: float) -> str:
+def _row(name: str, latencies: list[float], seconds: float, baseline: float | None) -> tuple[str, float]:
+    """The printed row, and its req/s; `baseline`: plain Envoy's req/s in this run."""
     lat = sorted(latencies)
+    rate = len(lat) / seconds
     p50 = statistics.median(lat) * 1000
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
-    return f"{name:<34} {len(lat) / seconds:>9.0f} {p50:>9.2f} {p99:>9.2f}"
+    ratio = f"{rate / baseline:>9.2f}" if baseline else f"{'':>9}"
+    return f"{name:<34} {rate:>9.0f} {p50:>9.2f} {p99:>9.2f} {ratio}", rate
 
 
 def main() -> int:
@@ -88,6 +91,7 @@ def main() -> int:
 
         async def run() -> list[str]:
             rows = []
+            baseline: float | None = None
             demo, untouched = "/budget-demo/v1/chat/completions", "/openai/v1/chat/completions"
             scenarios = {
                 "none": ("envoy, no ext_proc filter", without.port, demo),
@@ -99,7 +103,9 @@ def main() -> int:
                     continue
                 await _drive(port, path, 1.0, args.connections)  # warm up
                 lat = await _drive(port, path, args.seconds, args.connections)
-                rows.append(_row(name, lat, args.seconds))
+                row, rate = _row(name, lat, args.seconds, baseline)
+                baseline = baseline or (rate if key == "none" else None)
+                rows.append(row)
             return rows
 
         rows = asyncio.run(run())
@@ -108,7 +114,7 @@ def main() -> int:
             f"{args.connections} connections, {args.seconds:.0f} s each,"
             f" store={store}, workers={args.workers}"
         )
-        print(f"{'':<34} {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9}")
+        print(f"{'':<34} {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'vs none':>9}")
         for row in rows:
             print(row)
         return 0
