@@ -9,6 +9,7 @@ Envoy reset it) the exchange is closed so its hold is released or its usage reco
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import socket
 import ssl
@@ -76,13 +77,31 @@ class GrpcTls:
     key_file: str
     client_ca_file: str | None = None
 
-    def check(self) -> None:
-        """Refuses, before serving, files that are missing, unreadable, not PEM, or whose
-        key is not the certificate's: a clear error at start, not a failed handshake later."""
+    def check(self, now: datetime.datetime | None = None) -> None:
+        """Refuses, before serving, files that are missing, unreadable, not PEM, whose key is
+        not the certificate's, or a certificate outside its validity: a clear error at
+        start (or a rotation refused), not a failed handshake later."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.cert_file, self.key_file)
+        try:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        except ssl.SSLError as exc:
+            if exc.reason in ("KEY_VALUES_MISMATCH", "NO_CERTIFICATE_ASSIGNED"):  # another key, or type
+                raise ssl.SSLError(
+                    f"{self.key_file} is not the private key of {self.cert_file} ({exc.reason})"
+                ) from exc
+            raise ssl.SSLError(
+                f"{self.cert_file}, {self.key_file}: not a PEM certificate and key ({exc})"
+            ) from exc
         if self.client_ca_file:
             context.load_verify_locations(self.client_ca_file)
+        not_before, not_after = certificate_validity(self.cert_file)
+        now = now or datetime.datetime.now(datetime.UTC)
+        if now > not_after:
+            raise ssl.SSLError(f"{self.cert_file}: the certificate expired at {not_after.isoformat()}")
+        if now < not_before:
+            raise ssl.SSLError(
+                f"{self.cert_file}: the certificate is not valid before {not_before.isoformat()}"
+            )
 
     def _files(self) -> list[str]:
         return [f for f in (self.cert_file, self.key_file, self.client_ca_file) if f]
@@ -106,26 +125,69 @@ class GrpcTls:
         )
 
     def credentials(self) -> grpc.ServerCredentials:
-        seen = {"stamp": self._stamp()}
+        seen: dict[str, Any] = {"stamp": self._stamp(), "expires": certificate_validity(self.cert_file)[1]}
 
         def fetch() -> Any:
             # Called by gRPC before each handshake: a stat of each file, a reload on change.
             stamp = self._stamp()
             if stamp == seen["stamp"]:
+                if seen["expires"] is not None and datetime.datetime.now(datetime.UTC) > seen["expires"]:
+                    seen["expires"] = None  # said once
+                    log.error(
+                        "the gRPC certificate being served has expired; handshakes fail until it is renewed",
+                        file=self.cert_file,
+                    )
                 return None
             try:
                 self.check()
                 configuration = self._configuration()
+                expires = certificate_validity(self.cert_file)[1]
             except (OSError, ssl.SSLError) as exc:  # half-written by a rotation: next time
                 log.error("gRPC certificates not reloaded; serving the previous ones", error=str(exc))
                 return None
-            seen["stamp"] = stamp
+            seen["stamp"], seen["expires"] = stamp, expires
             log.info("gRPC certificates reloaded", files=self._files())
             return configuration
 
         return grpc.dynamic_ssl_server_credentials(
             self._configuration(), fetch, require_client_authentication=self.client_ca_file is not None
         )
+
+
+def certificate_validity(path: str) -> tuple[datetime.datetime, datetime.datetime]:
+    """notBefore and notAfter of the first certificate in a PEM file (UTC), read from its
+    DER: Certificate > TBSCertificate > [version] serial signature issuer validity."""
+    with open(path) as f:
+        der = ssl.PEM_cert_to_DER_cert(f.read())
+    _, body, _ = _der(der, 0)  # Certificate
+    _, pos, _ = _der(der, body)  # TBSCertificate: its first field
+    tag, _, end = _der(der, pos)
+    if tag == 0xA0:  # [0] version
+        pos = end
+    for _ in range(3):  # serialNumber, signature, issuer
+        pos = _der(der, pos)[2]
+    _, pos, _ = _der(der, pos)  # validity
+    times = []
+    for _ in range(2):
+        tag, start, end = _der(der, pos)
+        text = der[start:end].decode("ascii")
+        layout = "%y%m%d%H%M%SZ" if tag == 0x17 else "%Y%m%d%H%M%SZ"  # UTCTime, GeneralizedTime
+        times.append(datetime.datetime.strptime(text, layout).replace(tzinfo=datetime.UTC))
+        pos = end
+    return times[0], times[1]
+
+
+def _der(data: bytes, pos: int) -> tuple[int, int, int]:
+    """A DER element at `pos`: its tag, where its content starts, where it ends."""
+    tag, length = data[pos], data[pos + 1]
+    start = pos + 2
+    if length & 0x80:
+        count = length & 0x7F
+        length = int.from_bytes(data[start : start + count], "big")
+        start += count
+    if start + length > len(data):
+        raise ssl.SSLError("certificate: truncated DER")
+    return tag, start, start + length
 
 
 def _prepare_unix_socket(address: str) -> None:

@@ -144,7 +144,17 @@ async def test_spend_needs_the_admin_token_and_metrics_do_not(tmp_path: Path) ->
         sidecar.stop()
 
 
-@pytest.mark.parametrize("problem", ["missing", "wrong key"])
+CERT_PROBLEMS = {
+    "missing": "No such file",
+    "wrong key": "is not the private key of",
+    "rsa key for an ec certificate": "is not the private key of",
+    "expired": "the certificate expired at",
+    "unreadable (a directory)": "Is a directory",
+    "not pem": "not a PEM certificate and key",
+}
+
+
+@pytest.mark.parametrize("problem", CERT_PROBLEMS)
 def test_certificates_it_cannot_use_stop_it_at_start_with_a_clear_line(
     tmp_path: Path, certs: Certs, problem: str
 ) -> None:
@@ -152,10 +162,24 @@ def test_certificates_it_cannot_use_stop_it_at_start_with_a_clear_line(
     import subprocess
     import sys
 
+    from tests.support.certs import rsa_key
     from tests.support.redis_server import free_port
 
-    key = certs.client_key if problem == "wrong key" else certs.server_key
-    cert = tmp_path / "missing.crt" if problem == "missing" else certs.server_cert
+    cert, key = certs.server_cert, certs.server_key
+    if problem == "missing":
+        cert = tmp_path / "missing.crt"
+    elif problem == "wrong key":
+        key = certs.client_key
+    elif problem == "rsa key for an ec certificate":
+        key = rsa_key(tmp_path / "rsa.key")
+    elif problem == "expired":
+        expired = reissue_server(certs, tmp_path / "expired", expired=True)
+        cert, key = expired.server_cert, expired.server_key
+    elif problem == "unreadable (a directory)":
+        cert = tmp_path
+    else:
+        cert = tmp_path / "garbage.crt"
+        cert.write_text("this is not a certificate\n")
     result = subprocess.run(
         [
             *(sys.executable, "-m", "extproc.cli", "serve", "--config", EXAMPLES),
@@ -169,4 +193,5 @@ def test_certificates_it_cannot_use_stop_it_at_start_with_a_clear_line(
     )
     assert result.returncode == 2
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert any(line.get("event") == "cannot use the gRPC certificates" for line in lines), result.stdout
+    (line,) = [line for line in lines if line.get("event") == "cannot use the gRPC certificates"]
+    assert CERT_PROBLEMS[problem] in line["error"], line

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
@@ -56,10 +56,16 @@ def _ca(common: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
 
 
 def _leaf(
-    ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate, common: str, server: bool
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca: x509.Certificate,
+    common: str,
+    server: bool,
+    expired: bool = False,
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
+    if expired:
+        now -= datetime.timedelta(days=2)
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(common))
@@ -107,13 +113,25 @@ def make_certs(folder: Path) -> Certs:
     )
 
 
-def reissue_server(certs: Certs, folder: Path) -> Certs:
-    """A new server certificate and key from the same CA (a rotation keeps its CA)."""
+def rsa_key(path: Path) -> Path:
+    """An RSA key: the wrong type for the EC certificates made here."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return path
+
+
+def reissue_server(certs: Certs, folder: Path, *, expired: bool = False) -> Certs:
+    """A new server certificate and key from the same CA (a rotation keeps its CA);
+    `expired`: one whose validity ended a day ago."""
     folder.mkdir(parents=True, exist_ok=True)
     ca = x509.load_pem_x509_certificate(certs.ca.read_bytes())
     ca_key = serialization.load_pem_private_key(certs.ca_key.read_bytes(), password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    key, cert = _leaf(ca_key, ca, "127.0.0.1", server=True)
+    key, cert = _leaf(ca_key, ca, "127.0.0.1", server=True, expired=expired)
     (folder / "server.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return Certs(
         ca=certs.ca,
