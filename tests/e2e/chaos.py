@@ -220,18 +220,20 @@ async def _beyond_limit(world: World, phase: str) -> int:
     return max(0, spent - TIGHT + TOKENS - 1) // TOKENS
 
 
-async def _settled(read: Callable[[], Awaitable[int]], seconds: float = 30.0) -> int:
-    """The value once it stopped changing for two seconds (replays have landed)."""
+async def _settled(read: Callable[[], Awaitable[int | None]], seconds: float = 30.0) -> int:
+    """The value once it stopped changing for two seconds (replays have landed); a read
+    that failed (None: a cluster still electing a new master) never counts as settled.
+    -1 when no read succeeded."""
     deadline = time.monotonic() + seconds
     last, since = await read(), time.monotonic()
     while time.monotonic() < deadline:
         await asyncio.sleep(0.25)
         value = await read()
-        if value != last:
+        if value != last or value is None:
             last, since = value, time.monotonic()
         elif time.monotonic() - since > 2.0:
             break
-    return last
+    return -1 if last is None else last
 
 
 async def run(folder: Path, upstream: MockOpenAI, requests: int, concurrency: int, pause: float) -> Figures:
@@ -313,11 +315,11 @@ async def run_cluster(folder: Path, upstream: MockOpenAI, requests: int, concurr
 
         await asyncio.gather(traffic.run(requests, concurrency, figures.statuses), kill_half_way())
 
-        async def read() -> int:
+        async def read() -> int | None:
             try:
                 (state,) = await store.read([counter], time.time())
             except Exception:
-                return -1
+                return None  # the failover is not over yet
             return state.spend
 
         figures.redis_tokens = await _settled(read, 60)
