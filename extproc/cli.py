@@ -90,6 +90,13 @@ def _parser() -> argparse.ArgumentParser:
         "--hold-lease-seconds", type=int, default=int(_env("HOLD_LEASE_SECONDS", "300") or 300)
     )
     serve.add_argument(
+        "--read-response-headers",
+        action="store_true",
+        default=(_env("READ_RESPONSE_HEADERS", "false") or "false").lower() in ("1", "true", "yes"),
+        help="have Envoy send response headers too (4 blocking messages a request, not 3): "
+        "brotli is then offered upstream and decoded (the body alone does not show it)",
+    )
+    serve.add_argument(
         "--journal-dir",
         default=_env("JOURNAL_DIR"),
         metavar="DIR",
@@ -237,7 +244,9 @@ def _serve(args: argparse.Namespace) -> int:
         store_timeout_ms=args.store_timeout_ms,
         log_level=args.log_level,
         reload_interval=args.reload_interval,
-        settings=Settings(hold_lease_seconds=args.hold_lease_seconds),
+        settings=Settings(
+            hold_lease_seconds=args.hold_lease_seconds, read_response_headers=args.read_response_headers
+        ),
         source=args.source,
         journal_dir=args.journal_dir,
         journal_fsync=args.journal_fsync,

@@ -29,7 +29,7 @@ from extproc.store.windows import bucket_seconds_for
 from extproc.telemetry import Metrics, log
 from extproc.usage import LlmRequest, Usage, UsageStream, apis
 from extproc.usage.api import ApiCall
-from extproc.usage.encoding import DecodedStream, decode_body, readable_encodings
+from extproc.usage.encoding import DecodedStream, decode_body, encoding_by_magic, readable_encodings
 
 METADATA_NAMESPACE = "extproc.budgets"
 # Response content types that stream: SSE (OpenAI, Anthropic, Gemini) and Bedrock's frames.
@@ -44,6 +44,9 @@ class Settings:
     hold_lease_seconds: int = 300
     # Output tokens a hold assumes when the request names no max_tokens.
     default_output_hold_tokens: int = 1024
+    # Ask Envoy for the response headers too (four blocking messages a request, not three);
+    # without it, an enforced request's usage is read from its response body alone.
+    read_response_headers: bool = False
 
 
 class Snapshot:
@@ -84,6 +87,8 @@ class Exchange:
     admitted: bool = False
     injected_usage: bool = False
     status: int = 0
+    # Envoy was told to skip the response headers: the body alone is read.
+    body_only: bool = False
     streaming: bool = False
     accumulator: UsageStream | None = None
     body: bytearray = field(default_factory=bytearray)
@@ -138,17 +143,34 @@ class BudgetService:
         call = apis.identify(ex.headers.get(":path", ""), ex.headers.get(":authority", ""), ex.headers)
         ex.call = apis.override(call, api=route_budgets.api, provider=route_budgets.provider)
         ex.provider = ex.call.provider if ex.call else (route_budgets.provider or "")
-        reply = wire.CONTINUE_REQUEST_HEADERS
-        accepted = ex.headers.get("accept-encoding")
-        if ex.call is not None and accepted:
-            readable = readable_encodings(accepted)
-            if readable != accepted:
-                # A response in an encoding we cannot decode (zstd, say) would go uncounted.
-                reply = wire.set_request_headers({"accept-encoding": readable or "identity"})
+        reply = self._request_headers_reply(ex, ex.headers.get("accept-encoding"))
         if msg.request_headers.end_of_stream:
             # No body will come (a GET, say): admit on what the headers tell.
             return await self._admit(ex, reply)
         return reply
+
+    def _request_headers_reply(self, ex: Exchange, accepted: str | None) -> ProcessingResponse:
+        """What Envoy sends next. Usage is read from the response body alone unless the
+        route's policy estimates usage (it needs the status) or the operator asked for the
+        headers. Body alone, the upstream is offered only the codings a body's first bytes
+        show (gzip, deflate; not br), as the header naming the coding is not seen."""
+        if self.settings.read_response_headers or (ex.route_budgets and ex.route_budgets.estimate_usage):
+            if ex.call is not None and accepted:
+                readable = readable_encodings(accepted)
+                if readable != accepted:
+                    # A response in an encoding we cannot decode (zstd, say) would go uncounted.
+                    return wire.set_request_headers({"accept-encoding": readable or "identity"})
+            return wire.CONTINUE_REQUEST_HEADERS
+        if ex.call is None:
+            return wire.NO_RESPONSE_REQUEST_HEADERS  # nothing would read the response
+        ex.body_only = True
+        if accepted:
+            recognisable = readable_encodings(accepted, by_magic=True)
+            if recognisable != accepted:
+                return wire.set_request_headers(
+                    {"accept-encoding": recognisable or "identity"}, body_only=True
+                )
+        return wire.BODY_ONLY_REQUEST_HEADERS
 
     async def _request_body(self, ex: Exchange, msg: ProcessingRequest) -> ProcessingResponse:
         if ex.route_budgets is None or ex.admitted:
@@ -303,22 +325,40 @@ class BudgetService:
         if msg.response_headers.end_of_stream:
             await self.close(ex)
             return wire.CONTINUE_RESPONSE_HEADERS
+        ex.body_only = False  # the headers came after all (an Envoy without allow_mode_override)
         ex.content_encoding = headers.get("content-encoding", "")
         ctype = headers.get("content-type", "")
-        if ex.call is not None and (ex.call.streaming or ctype.startswith(_STREAM_TYPES)):
-            ex.streaming = True
-            stream = apis.reader(ex.call).stream(ex.call, hide_usage_chunk=ex.injected_usage)
-            if ex.content_encoding and ex.content_encoding != "identity":
-                stream = DecodedStream(stream, ex.content_encoding)
-            ex.accumulator = stream
+        if self._start_reading(ex, ex.call is not None and ctype.startswith(_STREAM_TYPES)):
             return wire.STREAM_RESPONSE_HEADERS
         return wire.CONTINUE_RESPONSE_HEADERS
+
+    def _start_reading(self, ex: Exchange, streamed: bool) -> bool:
+        """Set up the reader of a streamed response (SSE, Bedrock's frames); False for a
+        whole body, read at its end."""
+        if ex.call is None or not (streamed or ex.call.streaming):
+            return False
+        ex.streaming = True
+        stream = apis.reader(ex.call).stream(ex.call, hide_usage_chunk=ex.injected_usage)
+        if ex.content_encoding and ex.content_encoding != "identity":
+            stream = DecodedStream(stream, ex.content_encoding)
+        ex.accumulator = stream
+        return True
+
+    def _first_body_chunk(self, ex: Exchange, chunk: bytes) -> None:
+        """Body-only reading: what the headers would have said, from the request and the
+        chunk (an encoding the upstream used although asked for identity, an SSE stream)."""
+        ex.body_only = False
+        ex.content_encoding = encoding_by_magic(chunk)
+        sse = not ex.content_encoding and chunk.lstrip()[:6] in (b"data: ", b"event:", b"data:{")
+        self._start_reading(ex, ex.request.stream or sse)
 
     async def _response_body(self, ex: Exchange, msg: ProcessingRequest) -> ProcessingResponse:
         if not ex.admitted or ex.finished:
             return wire.CONTINUE_RESPONSE_BODY
         chunk = msg.response_body.body
         end = msg.response_body.end_of_stream
+        if ex.body_only and chunk:
+            self._first_body_chunk(ex, chunk)
         ex.response_bytes += len(chunk)
         if ex.accumulator is not None:
             out = ex.accumulator.feed(chunk)
@@ -347,7 +387,8 @@ class BudgetService:
         model = response_model or ex.request.model
         estimated = False
         asked = ex.route_budgets is not None and ex.route_budgets.estimate_usage
-        if usage is None and ex.status and (asked or cut):
+        responded = bool(ex.status or ex.response_bytes)  # the status is unknown when body-only
+        if usage is None and responded and (asked or cut):
             # Rather an estimate than a free call: asked for by the route's policy, or the
             # upstream produced (and will bill) output this sidecar stopped watching. A byte
             # in four; a cut stream's at most what its hold assumed (SSE framing inflates).
@@ -366,7 +407,7 @@ class BudgetService:
                 )
         if usage is None:
             await self._release(ex, reason or problem or "no usage")
-            if ex.status:
+            if responded:
                 log.info(
                     "request",
                     route=ex.route,
@@ -442,7 +483,9 @@ class BudgetService:
             route=ex.route,
             gateway=ex.gateway or None,
             **{
-                "http.status": ex.status,
+                # Read from the body alone the status is not seen; only a success carries
+                # usage in every API read here, so a response whose usage was read is a 200.
+                "http.status": ex.status or (0 if estimated else 200),
                 "gen_ai.provider.name": ex.provider,
                 "gen_ai.request.model": ex.request.model,
                 "gen_ai.response.model": response_model,

@@ -118,6 +118,24 @@ class Metrics:
             registry=r,
         )
         self.streams = Gauge("extproc_active_streams", "ext_proc streams open now", registry=r)
+        messages = Counter(
+            "extproc_messages",
+            "ext_proc messages answered, by kind: each one Envoy waited for",
+            ["kind"],
+            registry=r,
+        )
+        # Bound once: the hot path increments a child, not a label lookup.
+        self.messages = {
+            kind: messages.labels(kind)
+            for kind in (
+                "request_headers",
+                "request_body",
+                "request_trailers",
+                "response_headers",
+                "response_body",
+                "response_trailers",
+            )
+        }
         self.admission_seconds = Histogram(
             "extproc_admission_seconds",
             "Time spent deciding admission, store round trip included",

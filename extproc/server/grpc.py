@@ -46,6 +46,7 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer):
         try:
             async for msg in request_iterator:
                 kind = msg.WhichOneof("request") or "request_headers"
+                metrics.messages[kind].inc()
                 try:
                     reply = await service.handle(ex, msg)
                 except Exception:

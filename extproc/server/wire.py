@@ -51,6 +51,33 @@ UNTOUCHED_REQUEST_HEADERS = ProcessingResponse(
         response_trailer_mode=_Mode.SKIP,
     ),
 )
+# An enforced request whose usage is read from the response body alone: its response
+# headers are not sent (one blocking message fewer a request); the body comes STREAMED, so
+# an SSE response streams through and a JSON one arrives in its chunks (usually one). The
+# request itself tells whether the response streams, and asks the upstream for identity.
+# Envoy takes an override whole: an unset body mode is NONE (no body), so the request body
+# mode is restated (BUFFERED, as every config here has it).
+_BODY_ONLY_MODE = _Mode(
+    request_body_mode=_Mode.BUFFERED,
+    response_header_mode=_Mode.SKIP,
+    response_body_mode=_Mode.STREAMED,
+    request_trailer_mode=_Mode.SKIP,
+    response_trailer_mode=_Mode.SKIP,
+)
+BODY_ONLY_REQUEST_HEADERS = ProcessingResponse(
+    request_headers=pb.HeadersResponse(), mode_override=_BODY_ONLY_MODE
+)
+# A request whose response nothing reads (an API without a parser): no response messages.
+NO_RESPONSE_REQUEST_HEADERS = ProcessingResponse(
+    request_headers=pb.HeadersResponse(),
+    mode_override=_Mode(
+        request_body_mode=_Mode.BUFFERED,
+        response_header_mode=_Mode.SKIP,
+        response_body_mode=_Mode.NONE,
+        request_trailer_mode=_Mode.SKIP,
+        response_trailer_mode=_Mode.SKIP,
+    ),
+)
 # An SSE response: take its body as it streams rather than buffered whole.
 STREAM_RESPONSE_HEADERS = ProcessingResponse(
     response_headers=pb.HeadersResponse(),
@@ -176,15 +203,19 @@ def immediate(status: int, headers: Mapping[str, str], body: bytes, details: str
     )
 
 
-def set_request_headers(headers: Mapping[str, str]) -> ProcessingResponse:
-    """A request-headers reply that overwrites (or adds) these headers."""
-    return ProcessingResponse(
+def set_request_headers(headers: Mapping[str, str], *, body_only: bool = False) -> ProcessingResponse:
+    """A request-headers reply that overwrites (or adds) these headers; `body_only`: with
+    BODY_ONLY_REQUEST_HEADERS' mode override."""
+    reply = ProcessingResponse(
         request_headers=pb.HeadersResponse(
             response=pb.CommonResponse(
                 header_mutation=pb.HeaderMutation(set_headers=_header_options(headers.items()))
             )
         )
     )
+    if body_only:
+        reply.mode_override.CopyFrom(_BODY_ONLY_MODE)
+    return reply
 
 
 def replace_request_body(body: bytes) -> ProcessingResponse:

@@ -480,8 +480,10 @@ def brotli_available() -> bool:
     return _brotli() is not None
 
 
-def readable_encodings(accept_encoding: str) -> str:
-    """An `accept-encoding` value with the codings we cannot decode removed (q-values kept).
+def readable_encodings(accept_encoding: str, *, by_magic: bool = False) -> str:
+    """An `accept-encoding` value with the codings we cannot decode removed (q-values kept);
+    `by_magic`: also those we cannot recognise from the body's first bytes (br, `*`), for a
+    response whose headers are not seen.
 
     Returns the value unchanged when every coding is readable, so callers can compare.
     """
@@ -491,11 +493,26 @@ def readable_encodings(accept_encoding: str) -> str:
         coding = part.split(";", 1)[0].strip().lower()
         if not coding:
             continue
-        if coding in _READABLE or (coding == "br" and brotli_available()):
+        if coding in _RECOGNISABLE or (
+            not by_magic and (coding == "*" or (coding == "br" and brotli_available()))
+        ):
             kept.append(part.strip())
         else:
             changed = True
     return ", ".join(kept) if changed else accept_encoding
 
 
-_READABLE = frozenset({"gzip", "x-gzip", "deflate", "identity", "*"})
+def encoding_by_magic(chunk: bytes) -> str:
+    """The content coding a body's first bytes show ("" for none recognised): gzip's magic,
+    zlib's header (the `deflate` coding), zstd's frame magic. JSON and SSE bodies start with
+    none of them."""
+    if chunk[:2] == b"\x1f\x8b":
+        return "gzip"
+    if chunk[:4] == b"\x28\xb5\x2f\xfd":
+        return "zstd"
+    if len(chunk) >= 2 and chunk[0] & 0x0F == 8 and (chunk[0] << 8 | chunk[1]) % 31 == 0:
+        return "deflate"
+    return ""
+
+
+_RECOGNISABLE = frozenset({"gzip", "x-gzip", "deflate", "identity"})

@@ -100,7 +100,7 @@ class MockOpenAI:
         other = _other_api(path, req, headers)
         if other is not None:
             ctype, payload, streamed = other
-            await _send(writer, ctype, payload, streamed, headers.get("x-mock-encoding", ""))
+            await _send(writer, ctype, payload, streamed, _coding(headers))
             return
         if headers.get("x-mock-malformed"):
             _write(writer, 200, {"content-type": "application/json"}, b'{"id":"x","usage":{"prompt_tok')
@@ -181,6 +181,16 @@ def _other_api(path: str, req: dict[str, Any], headers: dict[str, str]) -> tuple
             return fixtures_openai.SSE_CONTENT_TYPE, body, True
         return fixtures_openai.JSON_CONTENT_TYPE, fixtures_openai.chat_response(model, p, c), False
     return None
+
+
+def _coding(headers: dict[str, str]) -> str:
+    """`x-mock-encoding`'s coding, used as a real upstream would: only when the request's
+    accept-encoding offers it (the sidecar rewrites that header)."""
+    wanted = headers.get("x-mock-encoding", "")
+    offered = {
+        part.split(";", 1)[0].strip().lower() for part in headers.get("accept-encoding", "").split(",")
+    }
+    return wanted if wanted in offered else ""
 
 
 def compress(data: bytes, encoding: str) -> bytes:

@@ -187,6 +187,9 @@ class RedisCluster:
                             *("--cluster-node-timeout", str(node_timeout_ms)),
                             # Its own bus port: the default (port + 10000) may not exist.
                             *("--cluster-port", str(free_port())),
+                            # Replicas synced at once, not after the default 5 s wait: a
+                            # replica that never synced does not take over a dead master.
+                            *("--repl-diskless-sync-delay", "0"),
                         ]
                     )
                 )
@@ -201,9 +204,31 @@ class RedisCluster:
                 timeout=60,
             )
             self.wait_ok()
+            self.wait_replicas_online()
         except BaseException:
             self.stop()
             raise
+
+    def wait_replicas_online(self, timeout: float = 30.0) -> None:
+        """Every master's replica synced (`state=online`): only then can one take over."""
+        import redis
+
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            client = redis.Redis(port=node.port, socket_timeout=1)
+            try:
+                while True:
+                    info = client.info("replication")
+                    replicas = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+                    if info["role"] != "master" or (
+                        replicas and all(r["state"] == "online" for r in replicas)
+                    ):
+                        break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"the replica of {node.port} did not come online")
+                    time.sleep(0.05)
+            finally:
+                client.close()
 
     @property
     def url(self) -> str:
