@@ -77,6 +77,34 @@ class RouteBudgets:
     api: str | None = None
     provider: str | None = None
     estimate_usage: bool = False
+    # The dimension keys any entry's subject names: only they decide what matches.
+    subject_keys: tuple[str, ...] = field(init=False, compare=False, repr=False)
+    # Matches by those keys' values, computed once per subject (a request's values come
+    # from clients: bounded, cleared when full). One per route and configuration.
+    _matches: dict[tuple[object, ...], Matching] = field(
+        init=False, compare=False, repr=False, default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        keys = {k for r in self.resources for e in r.entries for k in e.subject}
+        object.__setattr__(self, "subject_keys", tuple(sorted(keys)))
+
+    def match(self, dims: Mapping[str, DimensionValue]) -> Matching:
+        """`match_request` over this route's resources, remembered per subject values."""
+        key = tuple(_hashable(dims.get(k)) for k in self.subject_keys)
+        found = self._matches.get(key)
+        if found is None:
+            if len(self._matches) >= MATCH_CACHE_SIZE:
+                self._matches.clear()
+            found = self._matches[key] = match_request(self.resources, dims)
+        return found
+
+
+MATCH_CACHE_SIZE = 4096
+
+
+def _hashable(value: DimensionValue | None) -> object:
+    return value if value is None or isinstance(value, str) else tuple(value)
 
 
 def route_identities(route_name: str) -> tuple[tuple[str | None, str], ...]:

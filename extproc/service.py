@@ -26,7 +26,7 @@ from extproc.server import wire
 from extproc.server.wire import ProcessingRequest, ProcessingResponse
 from extproc.store import Counter, CounterState, LocalAdmission, SpendStore, StoreUnavailable
 from extproc.store.windows import bucket_seconds_for
-from extproc.telemetry import Metrics, log
+from extproc.telemetry import Metrics, log, logs_info
 from extproc.usage import LlmRequest, Usage, UsageStream, apis
 from extproc.usage.api import ApiCall
 from extproc.usage.encoding import DecodedStream, decode_body, encoding_by_magic, readable_encodings
@@ -56,6 +56,17 @@ class Snapshot:
         self.config = config
         self.index = BudgetIndex(config)
         self.catalog = catalog if catalog is not None else Catalog(config.catalogs)
+        # Each charge's counter, made once per counter id under this configuration (a
+        # limit edit is a new snapshot, so a cached counter never carries a stale limit).
+        self._counters: dict[str, Counter] = {}
+
+    def counter(self, charge: Charge) -> Counter:
+        found = self._counters.get(charge.counter_id)
+        if found is None:
+            if len(self._counters) >= 65536:  # subjects come from requests: bounded
+                self._counters.clear()
+            found = self._counters[charge.counter_id] = counter_for(charge)
+        return found
 
 
 @dataclass(slots=True)
@@ -220,7 +231,7 @@ class BudgetService:
             builtins={"model": ex.request.model, "provider": ex.provider, "route": ex.route},
             body=body,
         )
-        matching = budgets.match_request(route_budgets.resources, dims)
+        matching = route_budgets.match(dims)
         if matching.capped:
             log.warning(
                 "subject combinations capped",
@@ -231,7 +242,7 @@ class BudgetService:
         ex.charges = list(matching.charges)
         if not ex.charges:
             return reply
-        ex.counters = [counter_for(c) for c in ex.charges]
+        ex.counters = [snap.counter(c) for c in ex.charges]
         ex.hold_id = uuid.uuid4().hex
         holds = self._holds(ex)
         t0 = time.perf_counter()
@@ -289,9 +300,7 @@ class BudgetService:
                 holds.append(estimate.total_tokens)
             else:
                 if nanos is None:
-                    nanos = (
-                        (ex.snapshot or self.snapshot).catalog.price(estimate, req.model, ex.provider).nanos
-                    )
+                    nanos = (ex.snapshot or self.snapshot).catalog.nanos(estimate, req.model, ex.provider)
                 holds.append(nanos)
         return holds
 
@@ -422,10 +431,7 @@ class BudgetService:
             log.warning("model not in catalog; priced at $0", model=model, provider=ex.provider)
         await self._record(ex, usage, price)
         self._log_request(ex, usage, price, response_model, estimated)
-        self.metrics.requests.labels(ex.route, "counted").inc()
-        self.metrics.tokens.labels(ex.route, model or "", "input").inc(usage.input_tokens)
-        self.metrics.tokens.labels(ex.route, model or "", "output").inc(usage.output_tokens)
-        self.metrics.cost_nanos.labels(ex.route, model or "").inc(price.nanos)
+        self.metrics.count(ex.route, model or "", usage.input_tokens, usage.output_tokens, price.nanos)
         return wire.metadata_struct(
             METADATA_NAMESPACE,
             {
@@ -478,6 +484,8 @@ class BudgetService:
     def _log_request(
         self, ex: Exchange, usage: Usage, price: Price, response_model: str | None, estimated: bool
     ) -> None:
+        if not logs_info():
+            return
         log.info(
             "request",
             route=ex.route,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -24,8 +24,18 @@ UNENFORCED_ROUTE_LABELS = 200
 OTHER_ROUTES = "(other)"
 
 
+_threshold = logging.INFO
+
+
+def logs_info() -> bool:
+    """Whether info lines are written: a hot path builds its line only then."""
+    return _threshold <= logging.INFO
+
+
 def configure_logging(level: str = "info") -> None:
     """JSON lines on stdout; the level names a threshold like the stdlib's."""
+    global _threshold
+    _threshold = logging.getLevelName(level.upper())
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -118,6 +128,7 @@ class Metrics:
             registry=r,
         )
         self.streams = Gauge("extproc_active_streams", "ext_proc streams open now", registry=r)
+        self._counted: dict[tuple[str, str], tuple[Any, Any, Any, Any]] = {}
         messages = Counter(
             "extproc_messages",
             "ext_proc messages answered, by kind: each one Envoy waited for",
@@ -162,6 +173,24 @@ class Metrics:
     def count_unenforced(self, route: str) -> None:
         """One request on a route no policy enforces."""
         self.unenforced.inc(route)
+
+    def count(self, route: str, model: str, input_tokens: int, output_tokens: int, nanos: int) -> None:
+        """A counted request's series, their children looked up once per route and model."""
+        children = self._counted.get((route, model))
+        if children is None:
+            if len(self._counted) >= 4096:  # models come from requests: bounded
+                self._counted.clear()
+            children = self._counted[(route, model)] = (
+                self.requests.labels(route, "counted"),
+                self.tokens.labels(route, model, "input"),
+                self.tokens.labels(route, model, "output"),
+                self.cost_nanos.labels(route, model),
+            )
+        requests, inputs, outputs, cost = children
+        requests.inc()
+        inputs.inc(input_tokens)
+        outputs.inc(output_tokens)
+        cost.inc(nanos)
 
 
 class RouteCounter(Collector):
