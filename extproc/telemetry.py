@@ -237,6 +237,8 @@ class StoreStats(Collector):
         "journal_bad_lines": ("counter", "Journal lines skipped as unreadable at start"),
         "journal_write_errors": ("counter", "Journal writes that failed (a full disk, say)"),
         "journal_recovered_records": ("gauge", "Unconfirmed records found in the journal at start"),
+        "script_calls": ("counter", "Script calls sent to Redis (admissions, records, releases, reads)"),
+        "round_trips": ("counter", "Writes those calls went in: calls made in one event-loop tick share one"),
         "reachable": ("gauge", "1 while Redis answered the last call (readiness does not depend on it)"),
         "replicas": ("gauge", "Replicas seen alive lately, sharing what remains of a budget in an outage"),
     }

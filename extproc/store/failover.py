@@ -155,6 +155,8 @@ class FailoverStore:
             "error_reply_records": self._error_replies,
             "replayed_records": self._confirmed_replays,
             "duplicate_records": int(getattr(self._primary, "duplicates", 0)),
+            "script_calls": int(getattr(self._primary, "calls_sent", 0)),
+            "round_trips": int(getattr(self._primary, "round_trips", 0)),
             "journal_unacknowledged": self._journal.unacknowledged if self._journal else 0,
             "journal_bytes": self._journal.size() if self._journal else 0,
             "journal_full_records": journal.full if journal else 0,

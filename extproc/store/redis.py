@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import heapq
 from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote
@@ -182,6 +183,11 @@ class RedisStore:
         self._placed = _PlacedHolds()
         # Counters on which a record id arrived again and added nothing (a retried record).
         self.duplicates = 0
+        # Script calls made in one event-loop tick, sent together (standalone Redis).
+        self._batch: list[_Call] = []
+        # How many calls went in how many round trips (what coalescing saved).
+        self.calls_sent = 0
+        self.round_trips = 0
 
     # -- keys ---------------------------------------------------------------------------
 
@@ -422,7 +428,25 @@ class RedisStore:
             raise StoreUnavailable(f"redis: {exc!r}") from exc
 
     async def _run(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> Any:
-        """Run a script under one deadline, telling "not sent" from "maybe applied".
+        """A script call, sent with the others made in the same event-loop tick: one
+        connection, one write, the replies read in order (`_send`). Each call keeps its
+        own outcome; the first of a tick schedules the send."""
+        if self._cluster:
+            return await self._run_on_cluster(script, keys, args)
+        call = _Call(script, keys, args, asyncio.get_running_loop().create_future())
+        if not self._batch:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._batch.append(call)
+        return await call.future
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        task = asyncio.ensure_future(self._send(batch))
+        _SENDING.add(task)
+        task.add_done_callback(_SENDING.discard)
+
+    async def _send(self, batch: list[_Call]) -> None:
+        """Send a tick's calls under one deadline, telling "not sent" from "maybe applied".
 
         Phase 1 takes a pooled connection and makes sure it is connected and healthy;
         a failure there (refused, unreachable, connect timeout) provably applied
@@ -432,8 +456,6 @@ class RedisStore:
         redis-py's `Script.__call__` cannot tell these apart, hence the explicit
         connection.
         """
-        if self._cluster:
-            return await self._run_on_cluster(script, keys, args)
         pool = self._client.connection_pool
         deadline = asyncio.get_running_loop().time() + self._timeout
         conn: AbstractConnection | None = None
@@ -450,14 +472,20 @@ class RedisStore:
                         await conn.connect()
                     await conn.check_health()
             except _FAILURES as exc:
-                raise StoreUnavailable(f"redis: {exc!r}") from exc
+                _fail(batch, StoreUnavailable(f"redis: {exc!r}"), exc)
+                return
             try:
                 async with asyncio.timeout_at(deadline):
-                    reply = await _evalsha(conn, script, keys, args)
+                    await _evalsha_all(conn, batch)
             except _FAILURES as exc:
-                raise _after_sending(exc, "redis") from exc
+                _fail(batch, _after_sending(exc, "redis"), exc)
+                return
             succeeded = True
-            return reply
+            self.calls_sent += len(batch)
+            self.round_trips += 1
+        except BaseException as exc:  # cancelled: every caller hears of it
+            _fail(batch, StoreOutcomeUnknown(f"redis: {exc!r}"), exc)
+            raise
         finally:
             if conn is not None:
                 if not succeeded:
@@ -485,6 +513,52 @@ def _after_sending(exc: BaseException, where: str) -> StoreUnavailable:
     if isinstance(exc, ResponseError):
         return StoreErrorReply(f"{where} answered with an error: {exc}")
     return StoreOutcomeUnknown(f"{where}: {exc!r}")
+
+
+@dataclass(slots=True)
+class _Call:
+    script: AsyncScript
+    keys: list[str]
+    args: list[str | int]
+    future: asyncio.Future[Any]
+
+
+# Sends in flight: a task must be referenced until it is done.
+_SENDING: set[asyncio.Task[None]] = set()
+
+
+def _fail(batch: list[_Call], error: StoreUnavailable, cause: BaseException) -> None:
+    """Every call of `batch` not yet answered fails with `error`."""
+    for call in batch:
+        if not call.future.done():
+            error_for_call = type(error)(str(error))
+            error_for_call.__cause__ = cause
+            call.future.set_exception(error_for_call)
+
+
+async def _evalsha_all(conn: AbstractConnection, batch: list[_Call]) -> None:
+    """The calls in one write, their replies read in order, each answered as it is read.
+    An error reply answers its own call only; NOSCRIPT (a server that lost its script
+    cache: nothing ran) loads the script and runs that call again on this connection."""
+    commands = [("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args) for c in batch]
+    await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+    again: list[_Call] = []
+    for call in batch:
+        try:
+            reply = await conn.read_response()
+        except NoScriptError:
+            again.append(call)
+            continue
+        except ResponseError as exc:
+            if not call.future.done():
+                call.future.set_exception(_after_sending(exc, "redis"))
+            continue
+        if not call.future.done():
+            call.future.set_result(reply)
+    for call in again:
+        reply = await _evalsha(conn, call.script, call.keys, call.args)
+        if not call.future.done():
+            call.future.set_result(reply)
 
 
 async def _evalsha(

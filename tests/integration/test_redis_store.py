@@ -858,3 +858,68 @@ async def test_a_redis_out_of_memory_or_with_a_wrong_type_key_keeps_the_record_u
     finally:
         raw.config_set("maxmemory", "0")
         await store.close()
+
+
+# -- coalescing: script calls of one event-loop tick in one round trip -------------------
+
+
+async def test_calls_made_in_one_tick_go_in_one_round_trip_each_with_its_own_answer(
+    redis_store: RedisStore,
+) -> None:
+    counters = [day(f"ns/b/daily|user=u{i}", limit=50) for i in range(12)]
+    admitted = await asyncio.gather(
+        *(redis_store.admit([c], [10], f"h{i}", 60, T0) for i, c in enumerate(counters))
+    )
+    assert [a.admitted for a in admitted] == [True] * 12
+    assert (redis_store.calls_sent, redis_store.round_trips) == (12, 1)
+    await asyncio.gather(
+        *(
+            redis_store.record([c], [i], f"h{i}", T0, RecordId("w", i + 1, i + 1))
+            for i, c in enumerate(counters)
+        )
+    )
+    assert redis_store.round_trips == 2
+    states = await redis_store.read(counters, T0)
+    assert [s.spend for s in states] == list(range(12))  # each record landed on its own counter
+    assert all(s.held == 0 for s in states)
+
+
+async def test_an_error_reply_in_a_tick_fails_its_own_call_only(
+    redis_store: RedisStore, raw: redis.Redis
+) -> None:
+    good, bad = day("ns/b/daily|user=good"), day("ns/b/daily|user=bad")
+    raw.set(redis_store.keys_for(bad.id)[0], "not a hash")  # WRONGTYPE for that script only
+    results = await asyncio.gather(
+        redis_store.admit([good], [1], "g", 60, T0),
+        redis_store.admit([bad], [1], "b", 60, T0),
+        redis_store.admit([good], [1], "g2", 60, T0),
+        return_exceptions=True,
+    )
+    assert redis_store.round_trips == 1
+    assert [type(r).__name__ for r in results] == ["AdmitResult", "StoreErrorReply", "AdmitResult"]
+
+
+async def test_a_server_that_lost_its_scripts_runs_every_call_of_the_tick(
+    redis_store: RedisStore, raw: redis.Redis
+) -> None:
+    counters = [day(f"ns/b/daily|user=s{i}") for i in range(4)]
+    await redis_store.admit(counters[:1], [1], "warm", 60, T0)  # scripts loaded
+    raw.script_flush()
+    results = await asyncio.gather(
+        *(redis_store.admit([c], [1], f"s{i}", 60, T0) for i, c in enumerate(counters))
+    )
+    assert all(r.admitted for r in results)
+    assert [s.held for s in await redis_store.read(counters, T0)] == [2, 1, 1, 1]
+
+
+async def test_a_tick_sent_to_a_dead_server_fails_every_call_as_not_applied() -> None:
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout_seconds=TEST_TIMEOUT)
+    try:
+        results = await asyncio.gather(
+            *(store.admit([day(f"ns/b/daily|user=d{i}")], [1], f"d{i}", 60, T0) for i in range(3)),
+            return_exceptions=True,
+        )
+        assert all(type(r) is StoreUnavailable for r in results)  # refused: provably not applied
+        assert store.round_trips == 0
+    finally:
+        await store.close()
