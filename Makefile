@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test demo lint bench check clean debian-packages chaos
+.PHONY: run test demo lint bench bench-compare check clean debian-packages bench-packages chaos
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,8 +34,19 @@ demo: $(STAMP)
 chaos: $(STAMP) debian-packages
 	$(BIN)/python -m tests.e2e.chaos --requests 10000
 
-bench: $(STAMP)
+# wrk, for the side-by-side benchmark (Debian's package), when missing.
+bench-packages:
+	@command -v wrk >/dev/null || { \
+	  echo "installing Debian's wrk for the benchmarks"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends wrk; }
+
+# Side by side in one run: plain Envoy, the no-op floor, the sidecar in memory and with
+# Redis (ratios to the floor); then through a mock upstream, the untouched route included.
+bench: bench-compare
 	$(BIN)/python -m bench.load
+
+bench-compare: $(STAMP) debian-packages bench-packages
+	$(BIN)/python -m bench.compare
 
 check: $(STAMP)
 	$(BIN)/extproc check examples/

@@ -13,19 +13,23 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
 from extproc.budgets import reach
 from extproc.config import Config, Problem, load_config
 from extproc.config.sources.file_watch import ConfigWatcher, fingerprint
-from extproc.config.sources.kubernetes.cluster import Cluster, ClusterOptions, api_client
+from extproc.config.sources.kubernetes.options import ClusterOptions
 from extproc.server.admin import AdminServer
 from extproc.server.grpc import GrpcTls, build_server, mark_serving
 from extproc.service import BudgetService, Settings, Snapshot
 from extproc.spend import spend_rows
 from extproc.store import FailoverStore, RedisAccess, open_store
 from extproc.telemetry import Metrics, StoreStats, configure_logging, log
+
+if TYPE_CHECKING:
+    from extproc.config.sources.kubernetes.cluster import Cluster
 
 
 @dataclass(frozen=True)
@@ -198,6 +202,9 @@ async def serve(opts: ServeOptions, *, stop: asyncio.Event | None = None) -> Non
     cluster: Cluster | None = None
     loaded_from = None
     if opts.source == "kubernetes":
+        # Imported here: the client and its models weigh tens of MB a process.
+        from extproc.config.sources.kubernetes.cluster import Cluster, api_client
+
         catalogs = load_config([], opts.catalog_files).catalogs
         cluster = Cluster(
             await api_client(opts.cluster.kubeconfig), opts.cluster, startup.apply, metrics.registry, catalogs

@@ -231,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from extproc.app import ServeOptions, run
-    from extproc.config.sources.kubernetes.cluster import ClusterOptions
+    from extproc.config.sources.kubernetes.options import ClusterOptions
     from extproc.service import Settings
 
     opts = ServeOptions(

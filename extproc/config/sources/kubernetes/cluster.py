@@ -6,7 +6,6 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from kubernetes_asyncio import client, config
@@ -15,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from extproc.catalog.model import CatalogDocument
 from extproc.config.model import Config
 from extproc.config.sources.kubernetes.lease import LeaderElector
+from extproc.config.sources.kubernetes.options import ClusterOptions
 from extproc.config.sources.kubernetes.source import KubernetesMetrics, KubernetesSource
 from extproc.config.sources.kubernetes.status import StatusMetrics, StatusWriter
 
@@ -22,20 +22,6 @@ __all__ = ["Cluster", "ClusterOptions", "api_client"]
 
 _SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 LEASE_NAME = "extproc-budgets-status"
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterOptions:
-    # A kubeconfig file; None: the pod's service account (in a cluster).
-    kubeconfig: str | None = None
-    # Watch only these namespaces (namespace-scoped RBAC suffices; no Selector labels then).
-    namespaces: Sequence[str] = ()
-    # Where the status Lease lives: the sidecar's own namespace by default.
-    lease_namespace: str | None = None
-    write_status: bool = True
-    watch_seconds: int = 300
-    lease_seconds: int = 15
-    renew_seconds: float = 5.0
 
 
 async def api_client(kubeconfig: str | None) -> client.ApiClient:
