@@ -353,6 +353,8 @@ async def _drain(
                 break
             await asyncio.sleep(0.05)
     hurrying.cancel()
+    if startup.service is not None:
+        await startup.service.settle()  # records sent after their replies
     left = _open_streams(metrics)
     log.info("drained", open_streams=left)
 

@@ -8,6 +8,7 @@ Whatever happens, a hold is released and usage that was seen is recorded (`close
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
@@ -24,7 +25,7 @@ from extproc.config.model import Action, Config, FailureMode, Unit
 from extproc.dimensions import resolve
 from extproc.server import wire
 from extproc.server.wire import ProcessingRequest, ProcessingResponse
-from extproc.store import Counter, CounterState, LocalAdmission, SpendStore, StoreUnavailable
+from extproc.store import Counter, CounterState, LocalAdmission, MemoryStore, SpendStore, StoreUnavailable
 from extproc.store.windows import bucket_seconds_for
 from extproc.telemetry import Metrics, log, logs_info
 from extproc.usage import LlmRequest, Usage, UsageStream, apis
@@ -117,6 +118,14 @@ class BudgetService:
         # Set when a drain's deadline (or a second signal) ends the open streams: a stream
         # cut then, before its usage arrived, is charged an estimate instead of nothing.
         self.cutting = False
+        # Records to Redis go after the reply; in memory they cost no round trip.
+        self._record_after_reply = not isinstance(store, MemoryStore)
+        self._recording: set[asyncio.Task[None]] = set()
+
+    async def settle(self) -> None:
+        """Every record made after its reply has been sent (a drain, before the store closes)."""
+        while self._recording:
+            await asyncio.gather(*list(self._recording), return_exceptions=True)
 
     # -- the message dispatch -------------------------------------------------------
 
@@ -429,7 +438,14 @@ class BudgetService:
         if price.status is LookupStatus.UNPRICED:
             self.metrics.unpriced.labels(model or "").inc()
             log.warning("model not in catalog; priced at $0", model=model, provider=ex.provider)
-        await self._record(ex, usage, price)
+        if self._record_after_reply:
+            # Off the client's path: the reply carrying the last chunk goes now, the record
+            # on the next tick (coalesced with the others); the drain waits for it (`settle`).
+            task = asyncio.ensure_future(self._record_safely(ex, usage, price))
+            self._recording.add(task)
+            task.add_done_callback(self._recording.discard)
+        else:
+            await self._record(ex, usage, price)
         self._log_request(ex, usage, price, response_model, estimated)
         self.metrics.count(ex.route, model or "", usage.input_tokens, usage.output_tokens, price.nanos)
         return wire.metadata_struct(
@@ -459,6 +475,13 @@ class BudgetService:
                 return None, None, decode_problem
         parsed = apis.reader(ex.call).parse_response(body, ex.call)
         return parsed.usage, parsed.model, parsed.problem
+
+    async def _record_safely(self, ex: Exchange, usage: Usage, price: Price) -> None:
+        try:
+            await self._record(ex, usage, price)
+        except Exception:  # nobody awaits it: said here, not as an unretrieved exception
+            self.metrics.errors.labels("record").inc()
+            log.exception("error recording spend", route=ex.route)
 
     async def _record(self, ex: Exchange, usage: Usage, price: Price) -> None:
         if not ex.counters:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
@@ -631,3 +632,35 @@ async def test_a_stream_cut_by_the_drain_is_charged_an_estimate_capped_by_its_ho
             fields = meta.fields["extproc.budgets"].struct_value.fields
             assert fields["output_tokens"].number_value == counted  # max_tokens, not 275
             assert fields["input_tokens"].number_value > 0
+
+
+class _SlowStore:
+    """A store with a round trip (as Redis has): records wait for `go`."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryStore()
+        self.go = asyncio.Event()
+        self.recorded: list[list[int]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def record(self, counters: Any, amounts: list[int], *args: Any) -> None:
+        await self.go.wait()
+        self.recorded.append(list(amounts))
+        await self.inner.record(counters, amounts, *args)
+
+
+async def test_with_a_round_trip_the_record_goes_after_the_reply_and_settle_waits_for_it() -> None:
+    store = _SlowStore()
+    service = BudgetService(Snapshot(demo_config()), store, Metrics())  # type: ignore[arg-type]
+    ex = await responding(service, "application/json")
+    reply = await service.handle(ex, body_msg("response_body", response_body(1500, 600)))
+    assert reply.HasField("dynamic_metadata")  # answered while the record waits
+    assert store.recorded == []
+    settling = asyncio.ensure_future(service.settle())
+    await asyncio.sleep(0.01)
+    assert not settling.done()
+    store.go.set()
+    await settling
+    assert store.recorded == [[9_750_000, 2100]]  # the USD entry in nano-USD, the token entry
