@@ -174,23 +174,21 @@ class BudgetService:
         route's policy estimates usage (it needs the status) or the operator asked for the
         headers. Body alone, the upstream is offered only the codings a body's first bytes
         show (gzip, deflate; not br), as the header naming the coding is not seen."""
-        if self.settings.read_response_headers or (ex.route_budgets and ex.route_budgets.estimate_usage):
-            if ex.call is not None and accepted:
-                readable = readable_encodings(accepted)
-                if readable != accepted:
-                    # A response in an encoding we cannot decode (zstd, say) would go uncounted.
-                    return wire.set_request_headers({"accept-encoding": readable or "identity"})
-            return wire.CONTINUE_REQUEST_HEADERS
+        body_only = not (
+            self.settings.read_response_headers or (ex.route_budgets and ex.route_budgets.estimate_usage)
+        )
         if ex.call is None:
-            return wire.NO_RESPONSE_REQUEST_HEADERS  # nothing would read the response
-        ex.body_only = True
+            # Nothing would read the response: with the body alone, Envoy need not send it.
+            return wire.NO_RESPONSE_REQUEST_HEADERS if body_only else wire.CONTINUE_REQUEST_HEADERS
+        ex.body_only = body_only
         if accepted:
-            recognisable = readable_encodings(accepted, by_magic=True)
-            if recognisable != accepted:
+            offered = readable_encodings(accepted, by_magic=body_only)
+            if offered != accepted:
+                # A response in a coding we could not read (or not recognise) would go uncounted.
                 return wire.set_request_headers(
-                    {"accept-encoding": recognisable or "identity"}, body_only=True
+                    {"accept-encoding": offered or "identity"}, body_only=body_only
                 )
-        return wire.BODY_ONLY_REQUEST_HEADERS
+        return wire.BODY_ONLY_REQUEST_HEADERS if body_only else wire.CONTINUE_REQUEST_HEADERS
 
     async def _request_body(self, ex: Exchange, msg: ProcessingRequest) -> ProcessingResponse:
         if ex.route_budgets is None or ex.admitted:

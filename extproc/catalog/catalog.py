@@ -254,7 +254,7 @@ class Catalog:
     def nanos(self, usage: Usage, model: str | None, provider: str | None = None) -> int:
         """`price(...).nanos` alone (a hold's estimate): no Decimal parts are made."""
         rates = self._entry(model, provider).rates_at(None)
-        return 0 if rates is None else _total_nanos(usage, rates)[1]
+        return 0 if rates is None else _total_nanos(usage, rates)[2]
 
     def _entry(self, model: str | None, provider: str | None) -> _Entry:
         name = model.strip().lower() if model else ""
@@ -305,15 +305,16 @@ def _usd(amount: int, digits: int) -> Decimal:
 
 
 def _priced(usage: Usage, rates: Rates, entry: _Entry) -> Price:
-    parts, nanos, digits = _total_nanos(usage, rates)
+    parts, total, nanos, digits = _total_nanos(usage, rates)
     components = MappingProxyType(
         {name: _usd(part, digits) for name, part in zip(_COMPONENTS, parts, strict=True)}
     )
-    return Price(_usd(sum(parts), digits), nanos, entry.status, entry.provider, entry.model, components)
+    return Price(_usd(total, digits), nanos, entry.status, entry.provider, entry.model, components)
 
 
-def _total_nanos(usage: Usage, rates: Rates) -> tuple[tuple[int, ...], int, int]:
-    """The parts (in 10**-digits USD), the total in nano-USD rounded up, and digits."""
+def _total_nanos(usage: Usage, rates: Rates) -> tuple[tuple[int, ...], int, int, int]:
+    """The parts and their total (in 10**-digits USD), the total in nano-USD rounded up,
+    and digits."""
     # Clamp defensively: a parser's inconsistent counts must not make spend negative.
     input_tokens = max(usage.input_tokens, 0)
     cached = max(usage.cached_input_tokens, 0)
@@ -338,7 +339,7 @@ def _total_nanos(usage: Usage, rates: Rates) -> tuple[tuple[int, ...], int, int]
         nanos = -(-total // 10 ** (digits - _NANO_DIGITS))  # ceiling division: never under-count
     else:
         nanos = total * 10 ** (_NANO_DIGITS - digits)
-    return parts, nanos, digits
+    return parts, total, nanos, digits
 
 
 def _find_builtin(snapshot: data_snapshot.DataSnapshot, name: str, provider: str | None) -> _Entry | None:

@@ -78,10 +78,11 @@ class GrpcTls:
     key_file: str
     client_ca_file: str | None = None
 
-    def check(self, now: datetime.datetime | None = None) -> None:
+    def check(self, now: datetime.datetime | None = None) -> datetime.datetime:
         """Refuses, before serving, files that are missing, unreadable, not PEM, whose key is
         not the certificate's, or a certificate outside its validity: a clear error at
-        start (or a rotation refused), not a failed handshake later."""
+        start (or a rotation refused), not a failed handshake later. Returns when the
+        certificate expires."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         try:
             context.load_cert_chain(self.cert_file, self.key_file)
@@ -103,6 +104,7 @@ class GrpcTls:
             raise ssl.SSLError(
                 f"{self.cert_file}: the certificate is not valid before {not_before.isoformat()}"
             )
+        return not_after
 
     def _files(self) -> list[str]:
         return [f for f in (self.cert_file, self.key_file, self.client_ca_file) if f]
@@ -140,9 +142,8 @@ class GrpcTls:
                     )
                 return None
             try:
-                self.check()
+                expires = self.check()
                 configuration = self._configuration()
-                expires = certificate_validity(self.cert_file)[1]
             except (OSError, ssl.SSLError) as exc:  # half-written by a rotation: next time
                 log.error("gRPC certificates not reloaded; serving the previous ones", error=str(exc))
                 return None
