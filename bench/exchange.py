@@ -19,8 +19,9 @@ import time
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
+from extproc.admission import Snapshot
 from extproc.config import load_config
-from extproc.service import BudgetService, Exchange, Snapshot
+from extproc.envoy.service import BudgetService, Exchange
 from extproc.store import MemoryStore
 from extproc.telemetry import Metrics, configure_logging
 from tests.support.procs import ROOT

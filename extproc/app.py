@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from extproc.admission import Settings, Snapshot
 from extproc.budgets import reach
 from extproc.config import Config, Problem, load_config
 from extproc.config.sources.file_watch import ConfigWatcher, fingerprint
 from extproc.config.sources.kubernetes.options import ClusterOptions
+from extproc.envoy.service import BudgetService
 from extproc.server.admin import AdminServer
 from extproc.server.grpc import GrpcTls, build_server, mark_serving
-from extproc.service import BudgetService, Settings, Snapshot
 from extproc.spend import spend_rows
 from extproc.store import FailoverStore, RedisAccess, open_store
 from extproc.telemetry import Metrics, StoreStats, configure_logging, log
@@ -232,11 +233,10 @@ async def serve(opts: ServeOptions, *, stop: asyncio.Event | None = None) -> Non
     log.info("loaded model catalog", providers=providers, models=models, builtin="genai-prices")
     log.info("loaded configuration", source=opts.source, **_config_counts(config))
     warn_of_reach(config, metrics)
-    # The store raises when Redis is unreachable; each route's policy (failureMode)
-    # decides what admission does then. Spend recorded meanwhile is kept and replayed.
+    # Each admission carries its route's failure mode: Open admits on this replica's view
+    # while Redis is unreachable, Closed is refused. Spend recorded meanwhile is replayed.
     store = open_store(
         opts.redis_url,
-        fail_open=False,
         timeout_seconds=opts.store_timeout_ms / 1000,
         journal_dir=opts.journal_dir,
         journal_fsync=opts.journal_fsync,

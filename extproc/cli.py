@@ -230,9 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from extproc.admission import Settings
     from extproc.app import ServeOptions, run
     from extproc.config.sources.kubernetes.options import ClusterOptions
-    from extproc.service import Settings
 
     opts = ServeOptions(
         config_paths=args.config or _env_list("CONFIG") or ["examples/"],

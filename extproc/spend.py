@@ -7,10 +7,10 @@ import urllib.request
 from dataclasses import dataclass
 from decimal import Decimal
 
+from extproc.admission import counter_for
 from extproc.budgets import Charge, parse_subject
 from extproc.catalog import format_usd
 from extproc.config.model import NANOS_PER_USD, WILDCARD, BudgetEntry, Config, Unit
-from extproc.service import counter_for
 from extproc.store import RedisAccess, SpendStore, open_store
 
 HEADER = ("BUDGET", "SUBJECT", "UNIT", "WINDOW", "ACTION", "SPEND", "LIMIT", "REMAINING", "RESET(s)")

@@ -23,8 +23,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2, external_processor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from extproc.server import wire
-from extproc.service import BudgetService, Exchange
+from extproc.envoy import wire
+from extproc.envoy.service import BudgetService, Exchange
 from extproc.telemetry import log
 
 SERVICE_NAME = external_processor_pb2.DESCRIPTOR.services_by_name["ExternalProcessor"].full_name

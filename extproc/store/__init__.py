@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from extproc.store.base import (
     AdmitResult,
+    Claim,
     Counter,
     CounterState,
-    LocalAdmission,
     RecordId,
     SpendStore,
     StoreErrorReply,
@@ -27,13 +27,13 @@ from extproc.store.windows import BUCKET_SECONDS, bucket_seconds_for
 __all__ = [
     "BUCKET_SECONDS",
     "AdmitResult",
+    "Claim",
     "Counter",
     "CounterState",
     "FailoverStore",
     "Journal",
     "JournalLocked",
     "JournaledRecord",
-    "LocalAdmission",
     "MemoryStore",
     "RecordId",
     "RedisAccess",
@@ -50,7 +50,6 @@ __all__ = [
 def open_store(
     redis_url: str | None,
     *,
-    fail_open: bool = True,
     timeout_seconds: float = 0.1,
     journal_dir: str | None = None,
     journal_fsync: str = "everysec",
@@ -59,8 +58,8 @@ def open_store(
 ) -> SpendStore:
     """The store for a sidecar: no URL -> in memory; a URL -> Redis with the failure mode.
 
-    `fail_open` is the policy's failureMode (Open: admit on the local view and replay the
-    spend later; Closed: reject while Redis is unreachable). `timeout_seconds` bounds
+    Each admission says its route's failure mode (Open: admit on the local view and replay
+    the spend later; Closed: reject while Redis is unreachable). `timeout_seconds` bounds
     each Redis call: keep it well inside Envoy's ext_proc message_timeout (200 ms).
     `journal_dir` keeps spend not yet confirmed by Redis on disk, replayed after a restart
     (see `journal.Journal`); raises JournalLocked if another process uses it. `access`:
@@ -74,7 +73,6 @@ def open_store(
         recovered = journal.open()
     return FailoverStore(
         RedisStore(redis_url, timeout_seconds=timeout_seconds, access=access, server_clock=True),
-        fail_open=fail_open,
         local=MemoryStore(),
         journal=journal,
         recovered=recovered or (),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 
 class StoreUnavailable(Exception):
@@ -46,6 +46,14 @@ class Counter:
 
 
 @dataclass(frozen=True, slots=True)
+class Claim:
+    """An amount against one counter, in its unit: a hold to place, or spend to record."""
+
+    counter: Counter
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
 class CounterState:
     """A counter as admission saw it, before this request's own hold."""
 
@@ -75,34 +83,38 @@ class RecordId:
 @dataclass(frozen=True, slots=True)
 class AdmitResult:
     admitted: bool
-    # One state per counter, in the order given.
+    # One state per claim's counter, in the order given.
     states: tuple[CounterState, ...]
+    # Admitted on this replica's view alone: the shared store was away (failure mode Open).
+    local: bool = False
 
 
 class SpendStore(Protocol):
     async def admit(
         self,
-        counters: Sequence[Counter],
-        holds: Sequence[int],
+        claims: Sequence[Claim],
         hold_id: str,
         lease_seconds: int,
         now: float,
+        *,
+        fail_open: bool = False,
     ) -> AdmitResult:
-        """Reject if any blocking counter has spend + held >= limit; else place the holds.
+        """Reject if any blocking counter has spend + held >= limit; else hold each claim.
 
-        One round trip for all counters. A rejected request places no hold.
+        One round trip for all counters. A rejected request places no hold. When the store
+        cannot answer it raises StoreUnavailable, unless `fail_open` (the route's failure
+        mode is Open) and it keeps a local view to admit on (`AdmitResult.local`).
         """
         ...
 
     async def record(
         self,
-        counters: Sequence[Counter],
-        amounts: Sequence[int],
+        claims: Sequence[Claim],
         hold_id: str,
         now: float,
         record_id: RecordId | None = None,
     ) -> None:
-        """Add spend to the current bucket of each counter and release this request's holds.
+        """Add each claim to its counter's current bucket and release this request's holds.
 
         One round trip. With a `record_id` the record is applied at most once however often
         it is sent, so a record whose outcome is unknown can be sent again until confirmed;
@@ -125,17 +137,3 @@ class SpendStore(Protocol):
     async def ping(self) -> bool: ...
 
     async def close(self) -> None: ...
-
-
-@runtime_checkable
-class LocalAdmission(Protocol):
-    """A store that can still admit on a local view while the shared one is away."""
-
-    def admit_locally(
-        self,
-        counters: Sequence[Counter],
-        holds: Sequence[int],
-        hold_id: str,
-        lease_seconds: int,
-        now: float,
-    ) -> AdmitResult: ...

@@ -1,9 +1,9 @@
 """The failure mode (SPEC §4): what happens to admission and spend while Redis is down.
 
-- admit: `Open` admits on this replica's local view: the spend each counter had when the
-  primary last answered for it, plus what this replica spent and holds since; `Closed`
-  raises StoreUnavailable (the caller answers 503). A caller that decides per request
-  (per route policy) builds the store closed and calls `admit_locally` for open routes.
+- admit: the route's failure mode comes with each call. `Open` (`fail_open`) admits on
+  this replica's local view: the spend each counter had when the primary last answered
+  for it, plus what this replica spent and holds since; `Closed` raises StoreUnavailable
+  (the caller answers 503).
 - record: spend is never dropped and never counted twice. Each record gets an id
   (`RecordId`: this process's writer id and a sequence number), which the primary applies
   at most once. A record the primary did not confirm (not sent, or sent with no answer:
@@ -32,6 +32,7 @@ import structlog
 
 from extproc.store.base import (
     AdmitResult,
+    Claim,
     Counter,
     CounterState,
     RecordId,
@@ -85,7 +86,6 @@ class FailoverStore:
         self,
         primary: SpendStore,
         *,
-        fail_open: bool,
         local: MemoryStore,
         retry_after_seconds: float = 1.0,
         replay_interval_seconds: float = 1.0,
@@ -95,7 +95,6 @@ class FailoverStore:
     ) -> None:
         self._primary = primary
         self._local = local
-        self._fail_open = fail_open
         self._retry_after = retry_after_seconds
         self._replay_interval = replay_interval_seconds
         self._journal = journal
@@ -175,45 +174,43 @@ class FailoverStore:
 
     async def admit(
         self,
-        counters: Sequence[Counter],
-        holds: Sequence[int],
+        claims: Sequence[Claim],
         hold_id: str,
         lease_seconds: int,
         now: float,
+        *,
+        fail_open: bool = False,
     ) -> AdmitResult:
         self._start_replay_loop()
         if not self.primary_down:
             try:
-                result = await self._primary.admit(counters, holds, hold_id, lease_seconds, now)
+                result = await self._primary.admit(claims, hold_id, lease_seconds, now)
             except StoreUnavailable:
                 self._mark_down()
-                if not self._fail_open:
+                if not fail_open:
                     raise
             else:
                 self._primary_answered()
-                self._remember(counters, result.states)
+                self._remember(claims, result.states)
                 return result
-        elif not self._fail_open:
+        elif not fail_open:
             raise StoreUnavailable("spend store unavailable (retrying shortly)")
-        return self.admit_locally(counters, holds, hold_id, lease_seconds, now)
+        return self._admit_locally(claims, hold_id, lease_seconds, now)
 
-    def admit_locally(
-        self,
-        counters: Sequence[Counter],
-        holds: Sequence[int],
-        hold_id: str,
-        lease_seconds: int,
-        now: float,
+    def _admit_locally(
+        self, claims: Sequence[Claim], hold_id: str, lease_seconds: int, now: float
     ) -> AdmitResult:
         """Admission on this replica's view alone, for a fail-open route while the primary is away."""
-        for counter in counters:
+        for claim in claims:
+            counter = claim.counter
             if counter.id not in self._seeded:
                 self._seeded.add(counter.id)
                 used = self._outage_start(counter)
                 if used > 0:
                     # Counted in the current bucket: it ages out late, never early.
-                    self._local.record_now([counter], [used], "", now)
-        return self._local.admit_now(counters, holds, hold_id, lease_seconds, now)
+                    self._local.record_now([Claim(counter, used)], "", now)
+        result = self._local.admit_now(claims, hold_id, lease_seconds, now)
+        return AdmitResult(result.admitted, result.states, local=True)
 
     def _outage_start(self, counter: Counter) -> int:
         """What a counter's local view starts an outage from.
@@ -229,31 +226,31 @@ class FailoverStore:
         remaining = max(counter.limit - seen, 0)
         return counter.limit - remaining // self.replicas
 
-    def _remember(self, counters: Sequence[Counter], states: Sequence[CounterState]) -> None:
+    def _remember(self, claims: Sequence[Claim], states: Sequence[CounterState]) -> None:
         if len(self._last_seen) > _LAST_SEEN_MAX:
             self._last_seen.clear()  # bounded: an outage then starts from zero for some
-        for counter, state in zip(counters, states, strict=True):
-            self._last_seen[counter.id] = state.spend
+        for claim, state in zip(claims, states, strict=True):
+            self._last_seen[claim.counter.id] = state.spend
 
     async def record(
         self,
-        counters: Sequence[Counter],
-        amounts: Sequence[int],
+        claims: Sequence[Claim],
         hold_id: str,
         now: float,
         record_id: RecordId | None = None,
     ) -> None:
         self._start_replay_loop()
-        if all(amount <= 0 for amount in amounts):
+        counters = [claim.counter for claim in claims]
+        if all(claim.amount <= 0 for claim in claims):
             await self._release_unspent(counters, hold_id, now)
             return
-        record = JournaledRecord(self.writer, next(self._seqs), now, tuple(counters), tuple(amounts))
+        record = JournaledRecord(self.writer, next(self._seqs), now, tuple(claims))
         self._open[self.writer].add(record.seq)
         if self._journal is not None and self._journal.append(record):
             await self._journal.synced()  # `always`: on disk before it counts anywhere
         if not self.primary_down:
             try:
-                await self._primary.record(counters, amounts, hold_id, now, self._id(record))
+                await self._primary.record(claims, hold_id, now, self._id(record))
             except StoreUnavailable as exc:
                 self._mark_down()
                 self._failed_record(record, exc)
@@ -262,19 +259,19 @@ class FailoverStore:
                 # The admit may have been local (during an outage): drop that hold too.
                 await self._local.release(counters, hold_id)
                 self._primary_answered()
-                for counter, amount in zip(counters, amounts, strict=True):
-                    if counter.id in self._last_seen:
-                        self._last_seen[counter.id] += amount
+                for claim in claims:
+                    if claim.counter.id in self._last_seen:
+                        self._last_seen[claim.counter.id] += claim.amount
                 return
         self._pending[record.key] = record
-        self._local.record_now(counters, amounts, hold_id, now)
+        self._local.record_now(claims, hold_id, now)
 
     async def _release_unspent(self, counters: Sequence[Counter], hold_id: str, now: float) -> None:
         """A record of nothing only releases holds: no id, no journal, best effort."""
         await self._local.release(counters, hold_id)
         if not self.primary_down:
             try:
-                await self._primary.record(counters, [0] * len(counters), hold_id, now)
+                await self._primary.record([Claim(c, 0) for c in counters], hold_id, now)
             except StoreUnavailable:
                 self._mark_down()
 
@@ -364,9 +361,7 @@ class FailoverStore:
                 if record is None:
                     continue
                 try:
-                    await self._primary.record(
-                        record.counters, record.amounts, "", record.now, self._id(record)
-                    )
+                    await self._primary.record(record.claims, "", record.now, self._id(record))
                 except StoreUnavailable as exc:
                     self._mark_down()
                     self._failed_record(record, exc)

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import structlog
 
-from extproc.store.base import Counter
+from extproc.store.base import Claim, Counter
 
 log = structlog.get_logger(__name__)
 
@@ -65,8 +65,7 @@ class JournaledRecord:
     writer: str
     seq: int
     now: float
-    counters: tuple[Counter, ...]
-    amounts: tuple[int, ...]
+    claims: tuple[Claim, ...]
     # The segment it is in (None: not journaled, e.g. the journal was full).
     segment: int | None = None
 
@@ -76,9 +75,11 @@ class JournaledRecord:
 
     def line(self) -> bytes:
         counters = [
-            [c.id, c.window_seconds, c.bucket_seconds, c.limit, int(c.blocking)] for c in self.counters
+            [c.id, c.window_seconds, c.bucket_seconds, c.limit, int(c.blocking)]
+            for c in (claim.counter for claim in self.claims)
         ]
-        body = {"r": [self.writer, self.seq], "t": self.now, "c": counters, "a": list(self.amounts)}
+        amounts = [claim.amount for claim in self.claims]
+        body = {"r": [self.writer, self.seq], "t": self.now, "c": counters, "a": amounts}
         return json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
 
@@ -97,7 +98,8 @@ def _parse(line: bytes) -> JournaledRecord | tuple[str, int]:
     amounts = tuple(int(a) for a in value["a"])
     if len(amounts) != len(counters):
         raise ValueError("one amount per counter")
-    return JournaledRecord(str(writer), int(seq), float(value["t"]), counters, amounts)
+    claims = tuple(Claim(c, a) for c, a in zip(counters, amounts, strict=True))
+    return JournaledRecord(str(writer), int(seq), float(value["t"]), claims)
 
 
 @dataclass(slots=True)

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from extproc.store import windows
-from extproc.store.base import AdmitResult, Counter, CounterState, RecordId
+from extproc.store.base import AdmitResult, Claim, Counter, CounterState, RecordId
 
 # Sweep every window for aged-out spend this often (in operations), so counters that
 # are never touched again do not pin memory forever (Redis has key TTLs for that).
@@ -181,24 +181,24 @@ class MemoryStore:
 
     async def admit(
         self,
-        counters: Sequence[Counter],
-        holds: Sequence[int],
+        claims: Sequence[Claim],
         hold_id: str,
         lease_seconds: int,
         now: float,
+        *,
+        fail_open: bool = False,
     ) -> AdmitResult:
-        return self.admit_now(counters, holds, hold_id, lease_seconds, now)
+        return self.admit_now(claims, hold_id, lease_seconds, now)
 
     async def record(
         self,
-        counters: Sequence[Counter],
-        amounts: Sequence[int],
+        claims: Sequence[Claim],
         hold_id: str,
         now: float,
         record_id: RecordId | None = None,
     ) -> None:
         # One process, answered at once: a record is never sent twice, so ids need no check.
-        self.record_now(counters, amounts, hold_id, now)
+        self.record_now(claims, hold_id, now)
 
     async def release(self, counters: Sequence[Counter], hold_id: str) -> None:
         for counter in counters:
@@ -226,37 +226,24 @@ class MemoryStore:
 
     # -- synchronous cores (no await inside: atomic on the event loop) ----------------
 
-    def admit_now(
-        self,
-        counters: Sequence[Counter],
-        holds: Sequence[int],
-        hold_id: str,
-        lease_seconds: int,
-        now: float,
-    ) -> AdmitResult:
-        if len(holds) != len(counters):
-            raise ValueError("one hold amount per counter")
+    def admit_now(self, claims: Sequence[Claim], hold_id: str, lease_seconds: int, now: float) -> AdmitResult:
         now_ms = self._tick(now)
-        states = tuple(self._state(counter, now_ms) for counter in counters)
-        admitted = not any(c.blocking and s.over_limit for c, s in zip(counters, states, strict=True))
+        states = tuple(self._state(claim.counter, now_ms) for claim in claims)
+        admitted = not any(c.counter.blocking and s.over_limit for c, s in zip(claims, states, strict=True))
         if admitted:
             expiry_ms = now_ms + lease_seconds * 1000
-            for counter, amount in zip(counters, holds, strict=True):
-                if amount > 0:
-                    self._window(counter, now_ms).place_hold(hold_id, amount, expiry_ms)
+            for claim in claims:
+                if claim.amount > 0:
+                    self._window(claim.counter, now_ms).place_hold(hold_id, claim.amount, expiry_ms)
         return AdmitResult(admitted=admitted, states=states)
 
-    def record_now(
-        self, counters: Sequence[Counter], amounts: Sequence[int], hold_id: str, now: float
-    ) -> None:
-        if len(amounts) != len(counters):
-            raise ValueError("one amount per counter")
+    def record_now(self, claims: Sequence[Claim], hold_id: str, now: float) -> None:
         now_ms = self._tick(now)
-        for counter, amount in zip(counters, amounts, strict=True):
-            window = self._window(counter, now_ms)
-            window.add_spend(amount, now_ms)
+        for claim in claims:
+            window = self._window(claim.counter, now_ms)
+            window.add_spend(claim.amount, now_ms)
             window.release_hold(hold_id)
-            self._forget_if_empty(counter.id, window)
+            self._forget_if_empty(claim.counter.id, window)
 
     # -- internals --------------------------------------------------------------------
 

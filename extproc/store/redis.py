@@ -54,6 +54,7 @@ from redis.exceptions import (
 from extproc.store import windows
 from extproc.store.base import (
     AdmitResult,
+    Claim,
     Counter,
     CounterState,
     RecordId,
@@ -218,35 +219,36 @@ class RedisStore:
 
     async def admit(
         self,
-        counters: Sequence[Counter],
-        holds: Sequence[int],
+        claims: Sequence[Claim],
         hold_id: str,
         lease_seconds: int,
         now: float,
+        *,
+        fail_open: bool = False,
     ) -> AdmitResult:
         """One script per hash slot, the slots in parallel. Standalone Redis is one slot:
         the check and the holds are atomic. Across Cluster slots they are not: each slot
         checks and holds its own counters, and when any slot rejects, the holds the others
         placed are released again. A concurrent request may meanwhile see those holds and
-        be rejected too (a false 429 for that moment, never an overshoot)."""
-        if len(holds) != len(counters):
-            raise ValueError("one hold amount per counter")
+        be rejected too (a false 429 for that moment, never an overshoot). Without a local
+        view, `fail_open` changes nothing here: an unreachable Redis raises."""
         now_ms = windows.to_millis(now)
         lease_ms = lease_seconds * 1000
         self._placed.expire(now_ms)
+        counters = [claim.counter for claim in claims]
         groups = self._groups(counters)
         replies = await self._each(
             [
                 (
                     self._admit,
-                    self._keys(group_counters),
-                    self._admit_args(group_counters, group_holds, hold_id, now_ms, lease_ms),
+                    self._keys(_pick(counters, g)),
+                    self._admit_args(_pick(claims, g), hold_id, now_ms, lease_ms),
                 )
-                for group_counters, group_holds in ((_pick(counters, g), _pick(holds, g)) for g in groups)
+                for g in groups
             ]
         )
         admitted = all(int(reply[0]) == 1 for reply in replies)
-        states: list[CounterState | None] = [None] * len(counters)
+        states: list[CounterState | None] = [None] * len(claims)
         for group, reply in zip(groups, replies, strict=True):
             for index, row in zip(group, reply[1:], strict=True):
                 states[index] = _state(row)
@@ -256,7 +258,7 @@ class RedisStore:
                 (
                     self._release,
                     self._keys(_pick(counters, g)),
-                    [hold_id, *(max(h, 0) for h in _pick(holds, g))],
+                    [hold_id, *(max(c.amount, 0) for c in _pick(claims, g))],
                 )
                 for g, reply in zip(groups, replies, strict=True)
                 if int(reply[0]) == 1
@@ -264,52 +266,52 @@ class RedisStore:
             with contextlib.suppress(StoreUnavailable):  # failing that, the leases end them
                 await self._each(undo)
         if admitted:
-            placed = {c.id: h for c, h in zip(counters, holds, strict=True) if h > 0}
+            placed = {c.counter.id: c.amount for c in claims if c.amount > 0}
             if placed:
                 self._placed.remember(hold_id, placed, now_ms + lease_ms)
         return AdmitResult(admitted=admitted, states=tuple(s for s in states if s is not None))
 
     def _admit_args(
-        self, counters: Sequence[Counter], holds: Sequence[int], hold_id: str, now_ms: int, lease_ms: int
+        self, claims: Sequence[Claim], hold_id: str, now_ms: int, lease_ms: int
     ) -> list[str | int]:
         args: list[str | int] = [self._clock(now_ms), hold_id, lease_ms]
-        for counter, hold in zip(counters, holds, strict=True):
+        for claim in claims:
+            counter = claim.counter
             args += [
                 counter.window_seconds,
                 counter.bucket_seconds,
                 counter.limit,
                 1 if counter.blocking else 0,
-                max(hold, 0),
+                max(claim.amount, 0),
             ]
         return args
 
     async def record(
         self,
-        counters: Sequence[Counter],
-        amounts: Sequence[int],
+        claims: Sequence[Claim],
         hold_id: str,
         now: float,
         record_id: RecordId | None = None,
     ) -> None:
         """One script per hash slot, in parallel, each with the same record id: if any slot
         fails, the record is sent again whole and the slots that had it add nothing."""
-        if len(amounts) != len(counters):
-            raise ValueError("one amount per counter")
         held = self._placed.amounts(hold_id)
-        if not held and all(amount <= 0 for amount in amounts):
+        if not held and all(claim.amount <= 0 for claim in claims):
             return  # nothing to add, nothing to release: no round trip
         ident: list[str | int] = (
             ["", 0, 0] if record_id is None else [record_id.writer, record_id.seq, record_id.low]
         )
         head: list[str | int] = [self._clock(windows.to_millis(now)), hold_id, *ident]
+        counters = [claim.counter for claim in claims]
         calls = []
         for group in self._groups(counters):
             args = list(head)
-            for counter, amount in zip(_pick(counters, group), _pick(amounts, group), strict=True):
+            for claim in _pick(claims, group):
+                counter = claim.counter
                 args += [
                     counter.window_seconds,
                     counter.bucket_seconds,
-                    max(amount, 0),
+                    max(claim.amount, 0),
                     held.get(counter.id, 0),
                 ]
             calls.append((self._record, self._record_keys(_pick(counters, group)), args))

@@ -25,9 +25,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from extproc.admission import counter_for
 from extproc.budgets import Charge
 from extproc.config import load_config
-from extproc.service import counter_for
 from extproc.store import RedisStore
 from tests.support.e2e import redis_spend
 from tests.support.http import HttpClient, MockOpenAI

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
+from extproc.admission import counter_for
 from extproc.budgets import Charge
 from extproc.config import load_config
 from extproc.config.model import BudgetEntry
-from extproc.service import counter_for
 from extproc.store import open_store
 from tests.support.configmap import MountedConfigMap
 from tests.support.e2e import log_lines

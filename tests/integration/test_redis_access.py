@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from extproc.store import Counter, RedisAccess, RedisStore, StoreUnavailable
+from extproc.store import Claim, Counter, RedisAccess, RedisStore, StoreUnavailable
 from extproc.store.base import RecordId
 from extproc.store.connect import redis_client
 from tests.support.certs import Certs, make_certs
@@ -41,7 +41,7 @@ def tls_redis(certs: Certs, *, client_certs: bool) -> tuple[RedisProcess, int]:
 
 
 async def spend_after_recording(store: RedisStore, amount: int) -> int:
-    await store.record([C], [amount], "", NOW, RecordId("w", 1, 1))
+    await store.record([Claim(C, amount)], "", NOW, RecordId("w", 1, 1))
     (state,) = await store.read([C], NOW)
     return state.spend
 
@@ -112,7 +112,7 @@ async def test_an_acl_user_with_the_least_it_needs(acl_redis: RedisProcess) -> N
     wrong = RedisStore(f"redis://extproc:nope@127.0.0.1:{acl_redis.port}/0", timeout_seconds=2)
     try:
         assert await spend_after_recording(in_url, 3) == 3
-        await from_file.record([C], [4], "", NOW, RecordId("w", 2, 2))
+        await from_file.record([Claim(C, 4)], "", NOW, RecordId("w", 2, 2))
         assert (await from_file.read([C], NOW))[0].spend == 7
         assert await from_file.counters_seen("ns/") == [C.id]
         assert not await wrong.ping()
@@ -173,7 +173,7 @@ async def test_through_sentinel_spend_survives_a_master_failover() -> None:
         promoted = None
         for _ in range(100):
             try:
-                await store.record([C], [5], "", NOW, RecordId("w", 2, 2))
+                await store.record([Claim(C, 5)], "", NOW, RecordId("w", 2, 2))
                 promoted = (await store.read([C], NOW))[0].spend
                 break
             except StoreUnavailable:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from extproc.store import Counter, RedisStore, StoreUnavailable
+from extproc.store import Claim, Counter, RedisStore, StoreUnavailable
 from extproc.store.base import RecordId
 from tests.support.redis_server import RedisCluster
 
@@ -42,12 +42,13 @@ async def test_counters_in_several_slots_are_admitted_recorded_and_read(cluster:
     counters = [counter(f"spread-{i}") for i in range(8)]
     assert len({_slot(store, c) for c in counters}) > 1  # the test means something
     try:
-        assert (await store.admit(counters, [10] * 8, "h1", 60, NOW)).admitted
+        assert (await store.admit([Claim(c, 10) for c in counters], "h1", 60, NOW)).admitted
         held = await store.read(counters, NOW)
         assert [s.held for s in held] == [10] * 8
         record = RecordId("w", 1, 1)
-        await store.record(counters, list(range(1, 9)), "h1", NOW, record)
-        await store.record(counters, list(range(1, 9)), "h1", NOW, record)  # sent again: once
+        spent = [Claim(c, i) for i, c in enumerate(counters, start=1)]
+        await store.record(spent, "h1", NOW, record)
+        await store.record(spent, "h1", NOW, record)  # sent again: once
         states = await store.read(counters, NOW)
         assert [(s.spend, s.held) for s in states] == [(i, 0) for i in range(1, 9)]
         assert store.duplicates == 8
@@ -65,8 +66,8 @@ async def test_a_slot_that_rejects_undoes_the_holds_other_slots_placed(cluster: 
         i += 1
         free = counter(f"free-{i}", limit=1000)
     try:
-        await store.record([full], [5], "", NOW, RecordId("w", 10, 10))
-        result = await store.admit([free, full], [50, 1], "h2", 60, NOW)
+        await store.record([Claim(full, 5)], "", NOW, RecordId("w", 10, 10))
+        result = await store.admit([Claim(free, 50), Claim(full, 1)], "h2", 60, NOW)
         assert not result.admitted
         assert [s.over_limit for s in result.states] == [False, True]
         (after,) = await store.read([free], NOW)
@@ -79,7 +80,7 @@ async def test_a_master_failover_is_survived(cluster: RedisCluster) -> None:
     store = RedisStore(cluster.url, timeout_seconds=1, server_clock=True)
     c = counter("failover")
     try:
-        await store.record([c], [7], "", NOW, RecordId("w", 20, 20))
+        await store.record([Claim(c, 7)], "", NOW, RecordId("w", 20, 20))
         master = cluster.master_of(store.keys_for(c.id)[0])
         # Replicated before the master goes (Redis replication is asynchronous: a master
         # that dies first takes its last writes with it).
@@ -98,7 +99,7 @@ async def test_a_master_failover_is_survived(cluster: RedisCluster) -> None:
         spend = None
         for _ in range(150):
             try:
-                await store.record([c], [5], "", NOW, RecordId("w", 21, 21))
+                await store.record([Claim(c, 5)], "", NOW, RecordId("w", 21, 21))
                 (state,) = await store.read([c], NOW)
                 spend = state.spend
                 break

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from extproc.admission import counter_for
 from extproc.budgets import match
 from extproc.cli import main
 from extproc.config import load_config
-from extproc.service import counter_for
-from extproc.store import RedisStore
+from extproc.store import Claim, RedisStore
 
 CONFIG = """
 apiVersion: budgets.extproc.dev/v1alpha1
@@ -39,9 +39,10 @@ async def _spend(path: Path, redis_url: str) -> None:
     try:
         for user, tokens, nanos in (("alice", 400, 2_500_000_000), ("bob", 1000, 10_000)):
             charges = match(config.budgets, {"user": user})
-            counters = [counter_for(c) for c in charges]
-            amounts = [tokens if c.entry.unit.value == "Tokens" else nanos for c in charges]
-            await store.record(counters, amounts, f"hold-{user}", time.time())
+            claims = [
+                Claim(counter_for(c), tokens if c.entry.unit.value == "Tokens" else nanos) for c in charges
+            ]
+            await store.record(claims, f"hold-{user}", time.time())
     finally:
         await store.close()
 

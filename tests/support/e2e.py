@@ -65,9 +65,9 @@ async def redis_spend(url: str, config_dir: Path, entry: str | None = None, valu
     """The spend Redis holds for an entry of the configuration in `config_dir` (the only
     entry when none is named), for the subject `values`: once two reads 50 ms apart agree
     (a sidecar records after its reply, so a record may still be on its way)."""
+    from extproc.admission import counter_for
     from extproc.budgets import Charge
     from extproc.config import load_config
-    from extproc.service import counter_for
     from extproc.store import RedisStore
 
     entries = [e for b in load_config([config_dir]).budgets for e in b.entries if entry in (None, e.name)]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from extproc.store import journal as journal_module
-from extproc.store.base import Counter
+from extproc.store.base import Claim, Counter
 from extproc.store.journal import Journal, JournaledRecord, JournalLocked
 
 DAY = Counter("ns/b/daily|user=ann", 86_400, 900, 100, True)
@@ -18,7 +18,7 @@ AUDIT = Counter("ns/b/audit|", 86_400, 900, 5, False)
 
 
 def record(seq: int, amount: int = 10, writer: str = "w1", now: float = 1_700_000_000.0) -> JournaledRecord:
-    return JournaledRecord(writer, seq, now, (DAY, AUDIT), (amount, 1))
+    return JournaledRecord(writer, seq, now, (Claim(DAY, amount), Claim(AUDIT, 1)))
 
 
 def segments(folder: Path) -> list[str]:
@@ -35,9 +35,9 @@ async def test_unacknowledged_records_come_back_whole_and_acknowledged_ones_do_n
 
     again = Journal(tmp_path)
     recovered = again.open()
-    assert [(r.writer, r.seq, r.amounts, r.counters) for r in recovered] == [
-        ("w1", 1, (10, 1), (DAY, AUDIT)),
-        ("w1", 3, (30, 1), (DAY, AUDIT)),
+    assert [(r.writer, r.seq, r.claims) for r in recovered] == [
+        ("w1", 1, (Claim(DAY, 10), Claim(AUDIT, 1))),
+        ("w1", 3, (Claim(DAY, 30), Claim(AUDIT, 1))),
     ]
     # Compacted on the way: one segment holding exactly those two.
     assert len(segments(tmp_path)) == 1

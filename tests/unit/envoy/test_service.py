@@ -16,6 +16,7 @@ import structlog.testing
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
+from extproc.admission import Snapshot, counter_for
 from extproc.budgets import Charge
 from extproc.catalog import CatalogDocument, UserRates
 from extproc.config.model import (
@@ -32,9 +33,9 @@ from extproc.config.model import (
     Window,
     frozen_map,
 )
+from extproc.envoy.service import BudgetService, Exchange
 from extproc.server.grpc import ExternalProcessor
-from extproc.service import BudgetService, Exchange, Snapshot, counter_for
-from extproc.store import MemoryStore, StoreUnavailable
+from extproc.store import Claim, MemoryStore, StoreUnavailable
 from extproc.telemetry import OTHER_ROUTES, UNENFORCED_ROUTE_LABELS, Metrics
 
 CATALOG = CatalogDocument(
@@ -145,7 +146,7 @@ async def test_untargeted_route_is_told_to_skip_bodies(service: BudgetService) -
     )
     assert reply.HasField("request_headers")
     assert reply.mode_override.request_body_mode == 0  # NONE
-    assert ex.route_budgets is None
+    assert ex.context is None
 
 
 async def test_a_stream_starting_at_the_response_phase_passes_through(service: BudgetService) -> None:
@@ -349,13 +350,13 @@ async def test_an_unparsed_api_is_admitted_counted_and_its_hold_released(service
     await service.handle(ex, headers_msg("request_headers", {":path": "/v1/audio/speech"}, "budget-demo"))
     reply = await service.handle(ex, body_msg("request_body", b'{"model":"tts-1","input":"hello"}'))
     assert not reply.HasField("immediate_response")
-    assert ex.call is None
+    assert ex.context is not None and ex.context.call is None
     assert service.metrics.unparsed.labels("budget-demo")._value.get() == 1
     await service.handle(
         ex, headers_msg("response_headers", {":status": "200", "content-type": "audio/mpeg"})
     )
     await service.handle(ex, body_msg("response_body", b"ID3..."))
-    assert not ex.holding
+    assert ex.admission is not None and not ex.admission.holding
 
 
 async def test_the_request_log_line_carries_the_cost_components(service: BudgetService) -> None:
@@ -448,7 +449,7 @@ async def test_org_team_and_user_entries_with_different_windows_and_actions_are_
     service = BudgetService(Snapshot(config), MemoryStore(), Metrics())
     ex, reply = await identity_exchange(service, 600, ACME_ML_ALICE)
     assert not reply.HasField("immediate_response")
-    assert sorted(c.entry.name for c in ex.charges) == [
+    assert sorted(c.entry.name for c in ex.admission.charges) == [
         "org-monthly",
         "team-weekly",
         "user-audit",
@@ -524,7 +525,7 @@ async def test_a_body_field_and_an_api_key_hash_resolve_through_the_service() ->
     key_id = "sha256:" + hashlib.sha256(b"sk-secret-1").hexdigest()[:16]
     assert await spend_of(service, per_user, user="alice") == 10
     assert await spend_of(service, per_key, key=key_id) == 10
-    assert all("sk-secret-1" not in c.counter_id for c in ex.charges)
+    assert all("sk-secret-1" not in c.counter_id for c in ex.admission.charges)
 
 
 async def test_an_entry_with_too_many_combinations_is_capped_and_logged() -> None:
@@ -533,7 +534,7 @@ async def test_an_entry_with_too_many_combinations_is_capped_and_logged() -> Non
     groups = [f"g{i:03d}" for i in range(100)]
     with structlog.testing.capture_logs() as logs:
         ex, _ = await identity_exchange(service, 1, claims={"groups": groups})
-    assert len(ex.charges) == 64
+    assert len(ex.admission.charges) == 64
     capped = [x for x in logs if x["event"] == "subject combinations capped"]
     assert capped and capped[0]["budget_ids"] == ["ns/teams/everyone-else"]
 
@@ -589,7 +590,7 @@ async def test_envoy_gateways_virtual_host_metadata_names_the_gateway() -> None:
         )
         await service.handle(ex, msg)
         assert ex.gateway == f"{namespace}/{name}"
-        assert (ex.route_budgets is not None) is enforced
+        assert (ex.context is not None) is enforced
     # The stream's gRPC metadata, when there, wins; metadata Envoy Gateway did not write is no gateway.
     ex = Exchange(gateway="team-a/gw-b")
     await service.handle(ex, msg)
@@ -598,7 +599,7 @@ async def test_envoy_gateways_virtual_host_metadata_names_the_gateway() -> None:
     junk = headers_msg("request_headers", {":path": "/"}, "r")
     junk.attributes["envoy.filters.http.ext_proc"].update({"xds.virtual_host_metadata": "filter_metadata {"})
     await service.handle(ex, junk)
-    assert ex.gateway == "" and ex.route_budgets is None
+    assert ex.gateway == "" and ex.context is None
 
 
 async def test_unenforced_requests_are_counted_by_route_with_the_labels_capped(
@@ -645,10 +646,10 @@ class _SlowStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def record(self, counters: Any, amounts: list[int], *args: Any) -> None:
+    async def record(self, claims: list[Claim], *args: Any) -> None:
         await self.go.wait()
-        self.recorded.append(list(amounts))
-        await self.inner.record(counters, amounts, *args)
+        self.recorded.append([c.amount for c in claims])
+        await self.inner.record(claims, *args)
 
 
 async def test_with_a_round_trip_the_record_goes_after_the_reply_and_settle_waits_for_it() -> None:
