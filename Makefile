@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test demo lint bench bench-compare check clean debian-packages bench-packages chaos
+.PHONY: run test demo lint bench bench-compare bench-stream check clean debian-packages bench-packages chaos
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -41,12 +41,17 @@ bench-packages:
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends wrk; }
 
 # Side by side in one run: plain Envoy, the no-op floor, the sidecar in memory and with
-# Redis (ratios to the floor); then through a mock upstream, the untouched route included.
-bench: bench-compare
+# Redis (ratios to the floor), with one and two sidecar workers; streamed responses (per
+# chunk, against the floor); then through a mock upstream, the untouched route included.
+bench: bench-compare bench-stream
 	$(BIN)/python -m bench.load
 
 bench-compare: $(STAMP) debian-packages bench-packages
 	$(BIN)/python -m bench.compare
+	$(BIN)/python -m bench.compare --workers 2 --connections 16
+
+bench-stream: $(STAMP) debian-packages
+	$(BIN)/python -m bench.stream_compare
 
 check: $(STAMP)
 	$(BIN)/extproc check examples/

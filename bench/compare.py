@@ -191,6 +191,34 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def start_envoy(config: dict[str, Any], admin_port: int, work: Path) -> Proc:
+    """One Envoy (`--concurrency 1`) on `config`, started and ready."""
+    path = work / "envoy.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    argv = [
+        envoy_binary(),
+        "-c",
+        str(path),
+        "--concurrency",
+        "1",
+        "-l",
+        "error",
+        "--base-id",
+        str(free_port()),
+    ]
+    envoy = Proc("envoy", argv)
+    try:
+        wait_for(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/ready", timeout=1).status == 200,
+            "envoy",
+            proc=envoy,
+        )
+    except BaseException:
+        envoy.stop()
+        raise
+    return envoy
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=8)
@@ -222,27 +250,7 @@ def main() -> int:
         listen = {name: free_port() for name in PATHS}
         ext_proc = {"floor": floor_port, "memory": memory.grpc_port, "redis": with_redis.grpc_port}
         admin = free_port()
-        config = work / "envoy.yaml"
-        config.write_text(yaml.safe_dump(envoy_config(admin, listen, ext_proc), sort_keys=False))
-        envoy = Proc(
-            "envoy",
-            [
-                envoy_binary(),
-                "-c",
-                str(config),
-                "--concurrency",
-                "1",
-                "-l",
-                "error",
-                "--base-id",
-                str(free_port()),
-            ],
-        )
-        procs.append(envoy)
-        wait_for(
-            lambda: urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1).status == 200,
-            "envoy",
-        )
+        procs.append(start_envoy(envoy_config(admin, listen, ext_proc), admin, work))
         results: dict[tuple[int, str], Run] = {}
         for connections in args.connections:
             for name in PATHS:

@@ -134,15 +134,6 @@ class TargetRef:
 
 
 # Every `api` a policy may name: the parsers `extproc.usage.apis` registers.
-API_NAMES = (
-    "openai.chat",
-    "openai.completions",
-    "openai.embeddings",
-    "openai.responses",
-    "anthropic.messages",
-    "gemini.generate",
-    "bedrock.converse",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +155,7 @@ class EnforcementPolicy:
     failure_mode: FailureMode = FailureMode.OPEN
     # The catalog provider, lower-case (also the built-in `provider` dimension's value).
     provider: str | None = None
-    # One of API_NAMES.
+    # One of extproc.usage.apis.API_NAMES.
     api: str | None = None
     estimate_usage: bool = False
 

@@ -24,7 +24,7 @@ from extproc.usage._body import load_object as _load_object
 from extproc.usage._body import optional_str as _optional_str
 from extproc.usage._body import text_size, tokens_for
 from extproc.usage.api import ApiCall, ReportingApi
-from extproc.usage.model import LlmRequest, RequestParse, ResponseParse, Usage, read_as_stream
+from extproc.usage.model import LlmRequest, RequestParse, ResponseParse, StreamReader, Usage, read_as_stream
 from extproc.usage.sse import DEFAULT_MAX_PENDING, SseEvent, SseSplitter
 
 # The prompt estimate only sizes admission holds (the response's usage is what gets charged):
@@ -88,7 +88,7 @@ def parse_response(body: bytes, call: ApiCall | None = None) -> ResponseParse:
     return ResponseParse(usage=_normalised(counts), model=model, problem=_first(problems))
 
 
-class MessagesStream:
+class MessagesStream(StreamReader):
     """Reads usage from a streamed (SSE) Messages response as it passes through.
 
     Every chunk passes on as the same object; only a copy is parsed. Each usage field is
@@ -100,9 +100,7 @@ class MessagesStream:
     """
 
     def __init__(self, call: ApiCall | None = None, max_event_bytes: int = DEFAULT_MAX_PENDING) -> None:
-        self.usage: Usage | None = None
-        self.model: str | None = call.model if call is not None else None
-        self.problems: list[str] = []
+        super().__init__(call.model if call is not None else None)
         self._events = SseSplitter(max_event_bytes)
         self._counts: dict[str, int] = {}
         # A `message_delta` with usage arrived: the output count is final.
@@ -119,18 +117,18 @@ class MessagesStream:
         for event in self._events.flush():
             self._read(event)
         if not self._counts:
-            self._problem("no usage")
+            self.problem("no usage")
         elif not self._final:
             # Cut short (or an error event) before `message_delta`: output is a lower bound.
-            self._problem("no final usage")
+            self.problem("no final usage")
         elif _INPUT not in self._counts:
             # Output alone: `message_start` never said what the prompt cost.
-            self._problem("no input usage")
+            self.problem("no input usage")
         return b""
 
     def _read(self, event: SseEvent) -> None:
         if event.oversized:
-            self._problem("SSE event over the size cap")
+            self.problem("SSE event over the size cap")
             return
         if event.event in _CONTENT_EVENTS:
             return
@@ -140,7 +138,7 @@ class MessagesStream:
         try:
             obj = json.loads(data)
         except (ValueError, RecursionError):
-            self._problem("malformed JSON in stream")
+            self.problem("malformed JSON in stream")
             return
         if not isinstance(obj, dict):
             return
@@ -154,7 +152,7 @@ class MessagesStream:
             if self._merge(obj.get("usage")):
                 self._final = True
         elif kind == "error":
-            self._problem("error event in stream")
+            self.problem("error event in stream")
 
     def _merge(self, value: Any) -> bool:
         """Takes one usage report; True when it held any count."""
@@ -162,19 +160,13 @@ class MessagesStream:
             return False
         problems: list[str] = []
         counts = _counts(value, problems)
-        for problem in problems:
-            self._problem(problem)
+        self.problems_from(problems)
         if not counts:
             return False
         for key, count in counts.items():
             self._counts[key] = max(self._counts.get(key, 0), count)
         self.usage = _normalised(self._counts)
         return True
-
-    def _problem(self, problem: str) -> None:
-        # The vocabulary is closed, so de-duplicating bounds the list on any stream.
-        if problem not in self.problems:
-            self.problems.append(problem)
 
 
 def estimate_input_tokens(system: Any, messages: Any, problems: list[str] | None = None) -> int:
@@ -229,4 +221,16 @@ def _first_byte(body: bytes) -> bytes:
     return body[start : start + 1]
 
 
-API = ReportingApi("anthropic", parse_request, parse_response, MessagesStream)
+MESSAGES = "anthropic.messages"
+
+
+def identify(path: str) -> ApiCall | None:
+    """`/v1/messages`, behind any prefix (or `/messages` alone, after a prefix rewrite)."""
+    if path.endswith("/v1/messages") or path == "/messages":
+        return ApiCall(api=MESSAGES, provider="anthropic")
+    return None
+
+
+API = ReportingApi(
+    "anthropic", "anthropic", (MESSAGES,), identify, parse_request, parse_response, MessagesStream
+)

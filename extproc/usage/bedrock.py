@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
+from urllib.parse import unquote
 
 from extproc.usage._body import count as _count
 from extproc.usage._body import first as _first
@@ -32,7 +33,7 @@ from extproc.usage._body import load_object as _load_object
 from extproc.usage._body import text_size, tokens_for
 from extproc.usage.api import ApiCall, ReportingApi
 from extproc.usage.eventstream import DEFAULT_MAX_MESSAGE_BYTES, EventStreamDecoder, Message
-from extproc.usage.model import LlmRequest, RequestParse, ResponseParse, Usage, read_as_stream
+from extproc.usage.model import LlmRequest, RequestParse, ResponseParse, StreamReader, Usage, read_as_stream
 
 __all__ = [
     "API",
@@ -130,7 +131,7 @@ def parse_response(body: bytes, call: ApiCall | None = None) -> ResponseParse:
     return ResponseParse(usage=usage, model=model, problem=problem)
 
 
-class ConverseStream:
+class ConverseStream(StreamReader):
     """Reads usage from a ConverseStream response as it passes through.
 
     Every chunk passes on as the same object; only a copy is decoded. The `metadata` event
@@ -140,9 +141,7 @@ class ConverseStream:
     def __init__(
         self, call: ApiCall | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     ) -> None:
-        self.usage: Usage | None = None
-        self.model: str | None = pricing_model(call.model) if call is not None else None
-        self.problems: list[str] = []
+        super().__init__(pricing_model(call.model) if call is not None else None)
         self._frames = EventStreamDecoder(max_message_bytes)
 
     def feed(self, chunk: bytes) -> bytes:
@@ -158,7 +157,7 @@ class ConverseStream:
         self._take_frame_problems()
         if self.usage is None:
             # Typically a stream cut short or ended by an exception: metadata comes last.
-            self._problem("no usage")
+            self.problem("no usage")
         return b""
 
     def _read(self, message: Message) -> None:
@@ -166,32 +165,26 @@ class ConverseStream:
         if message_type in ("exception", "error"):
             # `exception` carries a modelled error (throttlingException, ...), `error` the
             # event stream's own (`:error-code`); either way the response stops here.
-            self._problem("error event in stream")
+            self.problem("error event in stream")
             return
         if message_type != "event" or message.headers.get(":event-type") != "metadata":
             return
         try:
             obj = json.loads(message.payload)
         except (ValueError, RecursionError):
-            self._problem("malformed JSON in stream")
+            self.problem("malformed JSON in stream")
             return
         if not isinstance(obj, dict) or "usage" not in obj:
-            self._problem("metadata event without usage")
+            self.problem("metadata event without usage")
             return
         usage, problem = _usage(obj["usage"])
         if problem is not None:
-            self._problem(problem)
+            self.problem(problem)
         if usage is not None:
             self.usage = usage
 
     def _take_frame_problems(self) -> None:
-        for problem in self._frames.problems:
-            self._problem(problem)
-
-    def _problem(self, problem: str) -> None:
-        # The vocabulary is closed, so de-duplicating bounds the list on any stream.
-        if problem not in self.problems:
-            self.problems.append(problem)
+        self.problems_from(self._frames.problems)
 
 
 def estimate_input_tokens(messages: Any, system: Any = None, problems: list[str] | None = None) -> int:
@@ -235,4 +228,17 @@ def _usage(value: Any) -> tuple[Usage | None, str | None]:
     return usage, _first(problems)
 
 
-API = ReportingApi("bedrock", parse_request, parse_response, ConverseStream)
+CONVERSE = "bedrock.converse"
+_PATH = re.compile(r"/model/(?P<model>[^/]+)/(?P<op>converse|converse-stream)$")
+
+
+def identify(path: str) -> ApiCall | None:
+    """`/model/{modelId}/converse` or `/converse-stream`."""
+    if m := _PATH.search(path):
+        return ApiCall(
+            api=CONVERSE, provider="aws", model=unquote(m["model"]), streaming=m["op"] == "converse-stream"
+        )
+    return None
+
+
+API = ReportingApi("bedrock", "aws", (CONVERSE,), identify, parse_request, parse_response, ConverseStream)

@@ -23,12 +23,13 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import unquote
 
 from extproc.usage._body import count, text_size, tokens_for
 from extproc.usage._body import first as _first
 from extproc.usage._body import load_object as _load_object
 from extproc.usage.api import ApiCall, ReportingApi
-from extproc.usage.model import LlmRequest, RequestParse, ResponseParse, Usage, read_as_stream
+from extproc.usage.model import LlmRequest, RequestParse, ResponseParse, StreamReader, Usage, read_as_stream
 from extproc.usage.sse import DEFAULT_MAX_PENDING, SseEvent, SseSplitter
 
 # The prompt estimate only sizes admission holds (the response's usage is what gets charged):
@@ -106,7 +107,7 @@ def parse_response(body: bytes, call: ApiCall | None = None) -> ResponseParse:
     return ResponseParse(usage=usage, model=model, problem=_first(problems))
 
 
-class GenerateContentStream:
+class GenerateContentStream(StreamReader):
     """Reads usage from a streamed generateContent response, in either framing, as it passes.
 
     Every chunk passes on as the same object; only a copy is parsed. The framing is decided
@@ -116,9 +117,7 @@ class GenerateContentStream:
     """
 
     def __init__(self, call: ApiCall | None = None, max_element_bytes: int = DEFAULT_MAX_PENDING) -> None:
-        self.usage: Usage | None = None
-        self.model: str | None = call.model if call is not None else None
-        self.problems: list[str] = []
+        super().__init__(call.model if call is not None else None)
         self._max_element_bytes = max_element_bytes
         self._counts: dict[str, int] = {}
         # Until the framing is known: a partial BOM at the start of the stream, at most.
@@ -149,12 +148,11 @@ class GenerateContentStream:
             for value in self._values.flush():
                 self._read(value)
         if self.usage is None:
-            self._problem("no usage")
+            self.problem("no usage")
         else:
             problems: list[str] = []
             _normalised(self._counts, problems)
-            for problem in problems:
-                self._problem(problem)
+            self.problems_from(problems)
         return b""
 
     def _decide(self, data: bytes) -> bytes:
@@ -174,14 +172,14 @@ class GenerateContentStream:
         if not rest:
             return b""
         if rest[:1] in (b"[", b"{"):
-            self._values = JsonValueSplitter(self._problem, self._max_element_bytes)
+            self._values = JsonValueSplitter(self.problem, self._max_element_bytes)
         else:
             self._events = SseSplitter(self._max_element_bytes)
         return rest
 
     def _read_event(self, event: SseEvent) -> None:
         if event.oversized:
-            self._problem("SSE event over the size cap")
+            self.problem("SSE event over the size cap")
             return
         data = event.data.strip()
         if data[:1] != b"{":
@@ -189,7 +187,7 @@ class GenerateContentStream:
         try:
             value = json.loads(data)
         except (ValueError, RecursionError):
-            self._problem("malformed JSON in stream")
+            self.problem("malformed JSON in stream")
             return
         self._read(value)
 
@@ -199,25 +197,19 @@ class GenerateContentStream:
             return
         self.model = _model(obj) or self.model
         if obj.get("error") is not None:
-            self._problem("error event in stream")
+            self.problem("error event in stream")
         value = obj.get("usageMetadata")
         if value is None:
             return
         problems: list[str] = []
         counts = _counts(value, problems)
-        for problem in problems:
-            self._problem(problem)
+        self.problems_from(problems)
         if not counts:
             return
         for key, value in counts.items():
             self._counts[key] = max(self._counts.get(key, 0), value)
         # Subset checks wait for `finish`: mid-stream, a chunk may not yet have every count.
         self.usage = _normalised(self._counts, [])
-
-    def _problem(self, problem: str) -> None:
-        # The vocabulary is closed, so de-duplicating bounds the list on any stream.
-        if problem not in self.problems:
-            self.problems.append(problem)
 
 
 # Outside any string, the characters that change nesting; inside one, those that may end it.
@@ -419,4 +411,22 @@ def _skip(pattern: re.Pattern[Any], text: Any, pos: int) -> int:
     return found.end() if found else pos
 
 
-API = ReportingApi("gemini", parse_request, parse_response, GenerateContentStream)
+GENERATE = "gemini.generate"
+_PATH = re.compile(r"/models/(?P<model>[^/:]+):(?P<op>generateContent|streamGenerateContent)$")
+
+
+def identify(path: str) -> ApiCall | None:
+    """`.../models/{model}:generateContent` or `:streamGenerateContent` (Gemini API, Vertex AI)."""
+    if m := _PATH.search(path):
+        return ApiCall(
+            api=GENERATE,
+            provider="google",
+            model=unquote(m["model"]),
+            streaming=m["op"] == "streamGenerateContent",
+        )
+    return None
+
+
+API = ReportingApi(
+    "gemini", "google", (GENERATE,), identify, parse_request, parse_response, GenerateContentStream
+)

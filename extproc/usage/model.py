@@ -81,6 +81,25 @@ class UsageStream(Protocol):
     def finish(self) -> bytes: ...
 
 
+class StreamReader:
+    """The part every streamed-response reader shares: the usage and model known so far,
+    and the problems met, each once (the vocabulary is closed, so the list stays bounded
+    on any stream). Subclasses implement `feed` and `finish`."""
+
+    def __init__(self, model: str | None = None) -> None:
+        self.usage: Usage | None = None
+        self.model: str | None = model
+        self.problems: list[str] = []
+
+    def problem(self, problem: str) -> None:
+        if problem not in self.problems:
+            self.problems.append(problem)
+
+    def problems_from(self, problems: list[str]) -> None:
+        for problem in problems:
+            self.problem(problem)
+
+
 def read_as_stream(stream: UsageStream, body: bytes) -> ResponseParse:
     """A streamed response that reached us whole (buffered by the proxy), read as the stream
     it is: a streamed call must never go unpriced for arriving in one piece."""

@@ -14,13 +14,13 @@ from extproc.config.fields import Reporter
 from extproc.config.kinds.base import Fragment, Meta
 from extproc.config.kinds.budgets import subject_text_problem
 from extproc.config.model import (
-    API_NAMES,
     DiscoveryMode,
     EnforcementPolicy,
     FailureMode,
     TargetRef,
     frozen_map,
 )
+from extproc.usage.apis import API_NAMES
 
 __all__ = ["parse_budget_policy", "parse_enterprise_policy"]
 

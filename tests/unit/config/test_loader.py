@@ -17,7 +17,6 @@ from extproc.catalog.model import CatalogDocument, UserRates, UserTier
 from extproc.config import Config, ConfigError, load_config
 from extproc.config.errors import Problem
 from extproc.config.model import (
-    API_NAMES,
     Action,
     BudgetEntry,
     BudgetResource,
@@ -30,6 +29,7 @@ from extproc.config.model import (
     Unit,
     Window,
 )
+from extproc.usage.apis import API_NAMES
 from tests.support.field_report import REPORT_BUDGET, REPORT_CATALOG, REPORT_GATEWAY, REPORT_TEAMS
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"

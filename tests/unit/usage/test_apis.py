@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from extproc.config.model import API_NAMES
 from extproc.usage.api import ApiCall
-from extproc.usage.apis import identify, override, reader
+from extproc.usage.apis import API_NAMES, identify, override, reader
 
 
 @pytest.mark.parametrize(
