@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,7 @@ from extproc.budgets import BudgetIndex, Charge, RouteBudgets
 from extproc.catalog import Catalog, LookupStatus, Price, components_text, format_usd
 from extproc.config.model import Action, Config, FailureMode, Unit
 from extproc.dimensions import resolve
-from extproc.store import Claim, Counter, CounterState, MemoryStore, SpendStore, StoreUnavailable
+from extproc.store import Claim, Counter, CounterState, SpendStore, StoreUnavailable
 from extproc.store.windows import bucket_seconds_for
 from extproc.telemetry import Metrics, log, logs_info
 from extproc.usage import LlmRequest, Usage
@@ -130,8 +130,7 @@ class Enforcer:
         self.store = store
         self.metrics = metrics
         self.settings = settings or Settings()
-        # Records to Redis go after the reply; in memory they cost no round trip.
-        self._record_later = not isinstance(store, MemoryStore)
+        # Records whose round trip goes after the reply (the drain awaits them: `settle`).
         self._recording: set[asyncio.Task[None]] = set()
 
     async def settle(self) -> None:
@@ -298,26 +297,15 @@ class Enforcer:
             self.metrics.unpriced.labels(model or "").inc()
             log.warning("model not in catalog; priced at $0", model=model, provider=ctx.provider)
         spend = Spend(usage, price, model, estimated)
-        if self._record_later:
-            # Off the client's path: the reply carrying the last chunk goes now, the record
-            # on the next tick (coalesced with the others); the drain waits for it (`settle`).
-            task = asyncio.ensure_future(self._record_safely(ctx, admission, spend))
-            self._recording.add(task)
-            task.add_done_callback(self._recording.discard)
-        else:
-            await self._record(ctx, admission, spend)
+        self._record(ctx, admission, spend)
         self._log_request(ctx, admission, reading, spend)
         self.metrics.count(ctx.route, model or "", usage.input_tokens, usage.output_tokens, price.nanos)
         return spend
 
-    async def _record_safely(self, ctx: RouteContext, admission: Admission, spend: Spend) -> None:
-        try:
-            await self._record(ctx, admission, spend)
-        except Exception:  # nobody awaits it: said here, not as an unretrieved exception
-            self.metrics.errors.labels("record").inc()
-            log.exception("error recording spend", route=ctx.route)
-
-    async def _record(self, ctx: RouteContext, admission: Admission, spend: Spend) -> None:
+    def _record(self, ctx: RouteContext, admission: Admission, spend: Spend) -> None:
+        """Off the client's path: the record is applied (memory) or journaled now, before
+        the reply carrying the last chunk goes; its round trip to Redis goes on the next
+        tick (coalesced with the others), and the drain waits for it (`settle`)."""
         if not admission.charges:
             return
         tokens, nanos = spend.usage.total_tokens, spend.price.nanos
@@ -326,13 +314,28 @@ class Enforcer:
             for charge, hold in zip(admission.charges, admission.holds, strict=True)
         ]
         try:
-            await self.store.record(claims, admission.hold_id, time.time())
+            sending = self.store.record_soon(claims, admission.hold_id, time.time())
+        except Exception:
+            self.metrics.errors.labels("record").inc()
+            log.exception("error recording spend", route=ctx.route)
+            return
+        if sending is not None:
+            task = asyncio.ensure_future(self._send(ctx, sending, claims))
+            self._recording.add(task)
+            task.add_done_callback(self._recording.discard)
+
+    async def _send(self, ctx: RouteContext, sending: Awaitable[None], claims: list[Claim]) -> None:
+        try:
+            await sending
         except StoreUnavailable as exc:
             # The failover store keeps it for replay; a bare store lost it: say so loudly.
             self.metrics.store_errors.labels("record").inc()
             log.error(
                 "spend not recorded", route=ctx.route, error=str(exc), amounts=[c.amount for c in claims]
             )
+        except Exception:  # nobody awaits it: said here, not as an unretrieved exception
+            self.metrics.errors.labels("record").inc()
+            log.exception("error recording spend", route=ctx.route)
 
     async def _release(self, ctx: RouteContext, admission: Admission, reason: str) -> None:
         if not admission.holding:

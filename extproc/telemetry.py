@@ -5,11 +5,13 @@ Never log prompts or completions: only sizes, models, tokens and money.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
+import orjson
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -32,6 +34,15 @@ def logs_info() -> bool:
     return _threshold <= logging.INFO
 
 
+def _dumps(value: Any, **kwargs: Any) -> bytes:
+    """orjson renders a request line in a fraction of the standard library's time; what it
+    refuses (an integer beyond 64 bits from an upstream's usage) the standard library writes."""
+    try:
+        return orjson.dumps(value, **kwargs)
+    except TypeError:
+        return json.dumps(value, **kwargs).encode()
+
+
 def configure_logging(level: str = "info") -> None:
     """JSON lines on stdout; the level names a threshold like the stdlib's."""
     global _threshold
@@ -42,10 +53,10 @@ def configure_logging(level: str = "info") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            structlog.processors.JSONRenderer(serializer=_dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stdout),
+        logger_factory=structlog.BytesLoggerFactory(file=sys.stdout.buffer),
         cache_logger_on_first_use=True,
     )
     # What the standard library logs (grpc, asyncio's "exception never retrieved", a

@@ -6,7 +6,7 @@ or a model is. Amounts are integers in the counter's own unit (nano-USD or token
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -120,6 +120,13 @@ class SpendStore(Protocol):
         it is sent, so a record whose outcome is unknown can be sent again until confirmed;
         without one it must never be retried blindly (an increment applied twice double-counts).
         """
+        ...
+
+    def record_soon(self, claims: Sequence[Claim], hold_id: str, now: float) -> Awaitable[None] | None:
+        """`record` in two halves, for a caller that answers its client in between: what can
+        be done without waiting is done now (in memory: applied; with a journal: appended,
+        so a process killed right after the reply still replays it), and what needs a round
+        trip is returned to await, or None when nothing does."""
         ...
 
     async def release(self, counters: Sequence[Counter], hold_id: str) -> None:

@@ -26,7 +26,7 @@ import heapq
 import itertools
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 import structlog
 
@@ -239,14 +239,27 @@ class FailoverStore:
         now: float,
         record_id: RecordId | None = None,
     ) -> None:
+        sending = self.record_soon(claims, hold_id, now)
+        if sending is not None:
+            await sending
+
+    def record_soon(self, claims: Sequence[Claim], hold_id: str, now: float) -> Awaitable[None] | None:
+        """Journals the record now (its id taken, its line written); sending it is what is
+        left to await."""
         self._start_replay_loop()
         counters = [claim.counter for claim in claims]
         if all(claim.amount <= 0 for claim in claims):
-            await self._release_unspent(counters, hold_id, now)
-            return
+            return self._release_unspent(counters, hold_id, now)
         record = JournaledRecord(self.writer, next(self._seqs), now, tuple(claims))
         self._open[self.writer].add(record.seq)
-        if self._journal is not None and self._journal.append(record):
+        journaled = self._journal is not None and self._journal.append(record)
+        return self._send(record, counters, hold_id, now, journaled)
+
+    async def _send(
+        self, record: JournaledRecord, counters: list[Counter], hold_id: str, now: float, journaled: bool
+    ) -> None:
+        claims = record.claims
+        if journaled and self._journal is not None:
             await self._journal.synced()  # `always`: on disk before it counts anywhere
         if not self.primary_down:
             try:

@@ -14,7 +14,7 @@ mutates, so concurrent admits on that loop are serialised for free.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from extproc.store import windows
@@ -199,6 +199,10 @@ class MemoryStore:
     ) -> None:
         # One process, answered at once: a record is never sent twice, so ids need no check.
         self.record_now(claims, hold_id, now)
+
+    def record_soon(self, claims: Sequence[Claim], hold_id: str, now: float) -> Awaitable[None] | None:
+        self.record_now(claims, hold_id, now)
+        return None
 
     async def release(self, counters: Sequence[Counter], hold_id: str) -> None:
         for counter in counters:

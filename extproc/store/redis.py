@@ -321,6 +321,9 @@ class RedisStore:
         # Forgotten only once Redis confirmed: a failed record leaves the hold to its lease.
         self._placed.forget(hold_id)
 
+    def record_soon(self, claims: Sequence[Claim], hold_id: str, now: float) -> Awaitable[None] | None:
+        return self.record(claims, hold_id, now)
+
     async def release(self, counters: Sequence[Counter], hold_id: str) -> None:
         held = self._placed.amounts(hold_id)
         if not held:

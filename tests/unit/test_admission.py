@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +24,7 @@ from extproc.config.model import (
     Unit,
     Window,
 )
-from extproc.store import Claim, Counter, FailoverStore, MemoryStore, StoreUnavailable
+from extproc.store import Claim, Counter, FailoverStore, Journal, MemoryStore, StoreUnavailable
 from extproc.telemetry import Metrics
 from extproc.usage import LlmRequest, Usage
 from extproc.usage.api import ApiCall
@@ -158,3 +160,35 @@ async def test_no_usage_releases_the_holds_and_charges_nothing() -> None:
 
 def _counters(claims: Sequence[Claim]) -> list[Counter]:
     return [claim.counter for claim in claims]
+
+
+class Hanging(Unreachable):
+    """A store that never answers a record (Redis hung)."""
+
+    async def admit(self, *args: Any, **kwargs: Any) -> Any:
+        return await MemoryStore().admit(*args, **kwargs)
+
+    async def record(self, *args: Any, **kwargs: Any) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_a_record_is_in_the_journal_before_the_reply_that_ends_its_exchange(tmp_path: Path) -> None:
+    """The reply goes when `account` returns: by then the record is journaled, so a process
+    killed right after the reply replays it; only its round trip to Redis waits."""
+    journal = Journal(tmp_path)
+    store = FailoverStore(Hanging(), local=MemoryStore(), journal=journal, recovered=journal.open())  # type: ignore[arg-type]
+    enforcer = Enforcer(store, Metrics())
+    ctx = context(config())
+    try:
+        admission = await enforcer.admit(ctx, REQUEST)
+        assert isinstance(admission, Admission)
+        spend = await enforcer.account(ctx, admission, reading(Usage(input_tokens=10, output_tokens=5)))
+        assert spend is not None
+        assert journal.unacknowledged == 1  # no tick has passed for the send
+        await journal.close()
+        again = Journal(tmp_path)
+        (recovered,) = again.open()
+        assert [c.amount for c in recovered.claims] == [spend.price.nanos, 15]
+        await again.close()
+    finally:
+        await store.close()

@@ -651,6 +651,9 @@ class _SlowStore:
         self.recorded.append([c.amount for c in claims])
         await self.inner.record(claims, *args)
 
+    def record_soon(self, claims: list[Claim], hold_id: str, now: float) -> Any:
+        return self.record(claims, hold_id, now)  # all of it a round trip
+
 
 async def test_with_a_round_trip_the_record_goes_after_the_reply_and_settle_waits_for_it() -> None:
     store = _SlowStore()
