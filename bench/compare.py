@@ -5,15 +5,19 @@ so no upstream competes for the cores. wrk drives each at 1 and 16 connections.
 
     make bench-compare          # or: .venv/bin/python -m bench.compare --seconds 8
 
-Prints req/s, p50 and p99 per path, the sidecar's ratios to the floor, and the p50 it adds
-over plain Envoy. Absolute figures vary by machine and by minute (everything shares the
+Prints req/s, p50 and p99 per path, the sidecar's ratios to the floor, the p50 it adds
+over plain Envoy, and the CPU each ext_proc process tree spent per request (what sizes it:
+a core serves about 1,000,000 / that many requests a second). Absolute figures vary by
+machine and by minute (everything shares the
 cores); the ratios of one run are what to read. Needs wrk (Debian's `wrk`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import re
 import shutil
 import socket
@@ -161,12 +165,39 @@ def envoy_config(admin_port: int, listen: dict[str, int], ext_proc: dict[str, in
     }
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
 @dataclass(frozen=True)
 class Run:
     rps: float
     p50_ms: float
     p99_ms: float
     errors: int
+    requests: int = 0
+    cpu_us_per_request: float = 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its descendants (a sidecar's workers) so far."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = sum(int(f) for f in fields[11:13]) / _TICKS
+    tree, total = {pid}, 0.0
+    for child, parent in sorted(parents.items()):
+        if parent in tree:
+            tree.add(child)
+    for member in tree:
+        total += times.get(member, 0.0)
+    return total
 
 
 def _ms(text: str) -> float:
@@ -183,7 +214,14 @@ def wrk(wrk_path: str, script: Path, port: int, connections: int, seconds: float
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     latency = dict(re.findall(r"^\s+(50|99)(?:\.000)?%\s+(\S+)", out, re.MULTILINE))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return Run(rps, _ms(latency["50"]), _ms(latency["99"]), int(errors.group(1)) if errors else 0)
+    requests = re.search(r"(\d+) requests in", out)
+    return Run(
+        rps,
+        _ms(latency["50"]),
+        _ms(latency["99"]),
+        int(errors.group(1)) if errors else 0,
+        int(requests.group(1)) if requests else 0,
+    )
 
 
 def _listening(port: int) -> bool:
@@ -252,21 +290,28 @@ def main() -> int:
         admin = free_port()
         procs.append(start_envoy(envoy_config(admin, listen, ext_proc), admin, work))
         results: dict[tuple[int, str], Run] = {}
+        pids = {"floor": floor.popen.pid, "memory": memory.popen.pid, "redis": with_redis.popen.pid}
         for connections in args.connections:
             for name in PATHS:
                 wrk(wrk_path, work / "post.lua", listen[name], connections, 1)  # warm up
-                results[(connections, name)] = wrk(
-                    wrk_path, work / "post.lua", listen[name], connections, args.seconds
-                )
+                before = cpu_seconds(pids[name]) if name in pids else 0.0
+                run = wrk(wrk_path, work / "post.lua", listen[name], connections, args.seconds)
+                if name in pids and run.requests:
+                    spent = cpu_seconds(pids[name]) - before
+                    run = dataclasses.replace(run, cpu_us_per_request=spent / run.requests * 1e6)
+                results[(connections, name)] = run
         print(
             f"{args.seconds:.0f} s per run, Envoy --concurrency 1,"
             f" sidecar workers (Redis path): {args.workers}"
         )
-        print(f"{'':<5} {'path':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+        print(
+            f"{'':<5} {'path':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'CPU µs/req':>11}"
+        )
         for (connections, name), run in results.items():
+            cpu = f"{run.cpu_us_per_request:>11.0f}" if run.cpu_us_per_request else f"{'':>11}"
             print(
                 f"c{connections:<4} {name:<8} {run.rps:>9.0f} {run.p50_ms:>8.2f}"
-                f" {run.p99_ms:>8.2f} {run.errors:>7}"
+                f" {run.p99_ms:>8.2f} {run.errors:>7} {cpu}"
             )
         for connections in args.connections:
             floor_rps = results[(connections, "floor")].rps

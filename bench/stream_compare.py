@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -25,12 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.compare import BUDGETS, CATALOG, _listening, envoy_config, start_envoy
+from bench.compare import BUDGETS, CATALOG, _listening, cpu_seconds, envoy_config, start_envoy
 from tests.support.procs import Proc, Sidecar, wait_for
 from tests.support.redis_server import free_port, start_redis
 
 PATHS = ("plain", "floor", "redis")
-_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -42,12 +40,6 @@ class StreamRun:
     last_byte_p50_ms: float
     ext_proc_cpu_us_per_chunk: float
     envoy_cpu_us_per_chunk: float
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its reaped children so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(f) for f in fields[11:15]) / _TICKS
 
 
 async def _client(

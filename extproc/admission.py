@@ -14,8 +14,9 @@ admits on its local view when the route fails open (`AdmitResult.local`).
 from __future__ import annotations
 
 import asyncio
+import itertools
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,6 +131,9 @@ class Enforcer:
         self.store = store
         self.metrics = metrics
         self.settings = settings or Settings()
+        # Hold ids unique across replicas without a random draw (a syscall) per request.
+        self._hold_prefix = secrets.token_hex(8)
+        self._hold_seq = itertools.count(1)
         # Records whose round trip goes after the reply (the drain awaits them: `settle`).
         self._recording: set[asyncio.Task[None]] = set()
 
@@ -163,7 +167,8 @@ class Enforcer:
         if not matching.charges:
             return Admission(request)
         charges = tuple(matching.charges)
-        admission = Admission(request, charges, self._holds(ctx, charges, request), uuid.uuid4().hex)
+        hold_id = f"{self._hold_prefix}{next(self._hold_seq):x}"
+        admission = Admission(request, charges, self._holds(ctx, charges, request), hold_id)
         fail_open = ctx.budgets.failure_mode is FailureMode.OPEN
         t0 = time.perf_counter()
         try:
