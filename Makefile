@@ -13,6 +13,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
+	@echo "extproc: serving the examples' budgets (spend in memory): gRPC 127.0.0.1:50051, admin http://127.0.0.1:9090"
+	@echo "next, in another shell:"
+	@echo "  $(BIN)/envoy -c envoy/envoy-local.yaml    # Envoy on 127.0.0.1:10000 in front of api.openai.com"
+	@echo "  curl -s localhost:10000/budget-demo/v1/chat/completions -H \"authorization: Bearer \$$OPENAI_API_KEY\" \\"
+	@echo "    -H 'content-type: application/json' -d '{\"model\": \"gpt-4o-mini\", \"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}'"
+	@echo "  $(BIN)/extproc spend --sidecar http://127.0.0.1:9090"
 	$(BIN)/extproc serve --config examples/
 
 # Debian's redis-server (with TLS and Sentinel, which the integration suite starts), when

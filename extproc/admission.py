@@ -87,6 +87,16 @@ class RouteContext:
     started: float = field(default_factory=time.monotonic)
 
 
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """One entry as a client may be told of it (the IETF RateLimit fields): what is left
+    after this request's hold, and in how many seconds it is whole again at most."""
+
+    charge: Charge
+    remaining: int
+    reset_seconds: int
+
+
 @dataclass(slots=True)
 class Admission:
     """An admitted request: the entries it is charged to, each counter's hold, and
@@ -97,6 +107,17 @@ class Admission:
     holds: tuple[Claim, ...] = ()
     hold_id: str = ""
     holding: bool = False
+    # The entry with the least of its limit left (blocking entries first), when asked for.
+    quota: Quota | None = None
+
+    @property
+    def budget_ids(self) -> list[str]:
+        return [charge.entry.budget_id for charge in self.charges]
+
+    @property
+    def subject(self) -> dict[str, str]:
+        """The dimension values the charged entries name (what spend per team is rebuilt from)."""
+        return {key: value for charge in self.charges for key, value in charge.values}
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,12 +222,15 @@ class Enforcer:
             if not state.over_limit:
                 continue
             blocking = charge.entry.action is Action.BLOCK
-            self._log_exceeded(charge, "admission", "over_limit_block" if blocking else "over_limit_audit")
+            outcome = "over_limit_block" if blocking else "over_limit_audit"
+            self._log_exceeded(ctx, charge, "admission", outcome)
             if blocking and (blocker is None or state.reset_seconds > blocker.state.reset_seconds):
                 blocker = Blocked(charge, state)
         if not result.admitted and blocker is not None:
             self.metrics.requests.labels(ctx.route, "blocked").inc()
             return blocker
+        if ctx.budgets.rate_limit_headers:
+            admission.quota = _tightest(admission.holds, charges, result.states)
         return admission
 
     def _held_output_tokens(self, request: LlmRequest) -> int:
@@ -234,7 +258,7 @@ class Enforcer:
             holds.append(Claim(snap.counter(charge), amount))
         return tuple(holds)
 
-    def _log_exceeded(self, charge: Charge, phase: str, outcome: str) -> None:
+    def _log_exceeded(self, ctx: RouteContext, charge: Charge, phase: str, outcome: str) -> None:
         e = charge.entry
         self.metrics.budget_exceeded.labels(e.budget_id, e.action.telemetry, phase).inc()
         log.warning(
@@ -247,6 +271,7 @@ class Enforcer:
             budget_subject=dict(charge.values) or None,
             phase=phase,
             outcome=outcome,
+            request_id=ctx.headers.get("x-request-id"),
         )
 
     # -- accounting -----------------------------------------------------------------
@@ -360,6 +385,9 @@ class Enforcer:
             "request",
             route=ctx.route,
             gateway=ctx.gateway or None,
+            request_id=ctx.headers.get("x-request-id"),
+            budget_ids=admission.budget_ids,
+            subject=admission.subject or None,
             **{
                 # Read from the body alone the status is not seen; only a success carries
                 # usage in every API read here, so a response whose usage was read is a 200.
@@ -381,6 +409,24 @@ class Enforcer:
                 "duration_ms": round((time.monotonic() - ctx.started) * 1000, 1),
             },
         )
+
+
+def _tightest(
+    holds: tuple[Claim, ...], charges: tuple[Charge, ...], states: tuple[CounterState, ...]
+) -> Quota | None:
+    """The charged entry closest to its limit, as a fraction of it (a blocking one before
+    any audit one: only those can refuse the next request)."""
+    best: tuple[bool, float] | None = None
+    quota: Quota | None = None
+    for hold, charge, state in zip(holds, charges, states, strict=True):
+        limit = hold.counter.limit
+        remaining = max(0, limit - state.spend - state.held - max(hold.amount, 0))
+        rank = (not hold.counter.blocking, remaining / limit if limit > 0 else 0.0)
+        if best is None or rank < best:
+            # A rolling window is whole again once all its spend aged out: a window at most.
+            reset = state.reset_seconds or hold.counter.window_seconds
+            best, quota = rank, Quota(charge, remaining, reset)
+    return quota
 
 
 def counter_for(charge: Charge) -> Counter:

@@ -77,6 +77,9 @@ class RouteBudgets:
     api: str | None = None
     provider: str | None = None
     estimate_usage: bool = False
+    # Admitted responses carry the RateLimit fields of their tightest entry; any targeting
+    # policy can turn that off.
+    rate_limit_headers: bool = True
     # The dimension keys any entry's subject names: only they decide what matches.
     subject_keys: tuple[str, ...] = field(init=False, compare=False, repr=False)
     # Matches by those keys' values, computed once per subject (a request's values come
@@ -255,6 +258,7 @@ class BudgetIndex:
                 api=next((p.api for p in policies if p.api), None),
                 provider=next((p.provider for p in policies if p.provider), None),
                 estimate_usage=any(p.estimate_usage for p in policies),
+                rate_limit_headers=all(p.rate_limit_headers for p in policies),
             )
         if len(self._routes) < 10_000:  # route names come from Envoy's config, but stay bounded
             self._routes[key] = result

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import os
 import sys
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from extproc.config import ConfigError, load_config
+from extproc.spend import SpendUnavailable
 from extproc.store.connect import RedisAccess
 
 
@@ -28,32 +30,73 @@ def _env_list(name: str) -> list[str]:
     return [p for p in raw.replace(",", ":").split(":") if p] if raw else []
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _option(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    default: Any = None,
+    help: str = "",
+    *,
+    env: str | None = None,
+    shown: str | None = None,
+    **kwargs: Any,
+) -> None:
+    """A flag whose default comes from EXTPROC_<NAME> (`env`, or the flag's name in upper
+    case), and whose --help says both. A value from the environment goes through the flag's
+    `type` as a typed one would: a bad one is a usage error, not a traceback."""
+    name = env or flag.lstrip("-").replace("-", "_").upper()
+    value = _env(name)
+    shown = shown or ("none" if default is None else str(default))
+    note = f"[env EXTPROC_{name}; default: {shown}]"
+    parser.add_argument(
+        flag, default=value if value is not None else default, help=f"{help} {note}".strip(), **kwargs
+    )
+
+
+def _switch(parser: argparse.ArgumentParser, flag: str, help: str) -> None:
+    """An on/off flag, off by default, on with EXTPROC_<NAME>=true too."""
+    name = flag.lstrip("-").replace("-", "_").upper()
+    on = (_env(name, "false") or "false").lower() in ("1", "true", "yes")
+    parser.add_argument(
+        flag, action="store_true", default=on, help=f"{help} [env EXTPROC_{name}=true; default: off]"
+    )
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().lower()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
 def _redis_access_flags(parser: argparse.ArgumentParser) -> None:
     """TLS files and a password for --redis-url (rediss://, redis+sentinel://, ACL users)."""
-    parser.add_argument("--redis-ca-file", default=_env("REDIS_CA_FILE"), metavar="FILE")
-    parser.add_argument("--redis-cert-file", default=_env("REDIS_CERT_FILE"), metavar="FILE")
-    parser.add_argument("--redis-key-file", default=_env("REDIS_KEY_FILE"), metavar="FILE")
-    parser.add_argument(
+    _option(parser, "--redis-ca-file", metavar="FILE", help="the CA that signs Redis's certificate")
+    _option(parser, "--redis-cert-file", metavar="FILE", help="a client certificate for Redis (mTLS)")
+    _option(parser, "--redis-key-file", metavar="FILE", help="its key")
+    _option(
+        parser,
         "--redis-password-file",
-        default=_env("REDIS_PASSWORD_FILE"),
         metavar="FILE",
         help="the Redis (ACL) password, kept out of the URL; also EXTPROC_REDIS_PASSWORD",
     )
 
 
 def _redis_access(args: argparse.Namespace) -> RedisAccess:
-    password = _env("REDIS_PASSWORD")
-    if args.redis_password_file:
-        with open(args.redis_password_file, encoding="utf-8") as f:
-            password = f.read().strip()
+    password = _read_secret(args.redis_password_file, "--redis-password-file") or _env("REDIS_PASSWORD")
     return RedisAccess(args.redis_ca_file, args.redis_cert_file, args.redis_key_file, password)
 
 
-def _read_secret(path: str | None) -> str | None:
+def _read_secret(path: str | None, flag: str) -> str | None:
     if not path:
         return None
-    with open(path, encoding="utf-8") as f:
-        return f.read().strip() or None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() or None
+    except OSError as exc:
+        raise UsageError(f"cannot read {flag} {path}: {exc.strerror or exc}") from None
 
 
 def _grpc_tls(args: argparse.Namespace) -> Any:
@@ -68,97 +111,122 @@ def _grpc_tls(args: argparse.Namespace) -> Any:
     return GrpcTls(args.grpc_tls_cert, args.grpc_tls_key, args.grpc_client_ca)
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("extproc-budgets")
+    except importlib.metadata.PackageNotFoundError:  # a source tree not installed
+        return "unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="extproc", description="LLM spend budgets enforced at Envoy")
+    parser.add_argument("--version", action="version", version=f"extproc {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the ext_proc sidecar")
-    serve.add_argument("--config", nargs="+", action="extend", default=None, metavar="PATH")
-    serve.add_argument("--catalog", action="append", default=None, metavar="FILE")
-    serve.add_argument("--redis-url", default=_env("REDIS_URL"))
+    serve.add_argument(
+        "--config",
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="PATH",
+        help="budget files or folders [env EXTPROC_CONFIG, PATH:PATH; default: examples/]",
+    )
+    serve.add_argument(
+        "--catalog",
+        action="append",
+        default=None,
+        metavar="FILE",
+        help="a price catalog [env EXTPROC_CATALOG; default: none]",
+    )
+    _option(serve, "--redis-url", help="the shared spend store; without it spend is kept in memory")
     _redis_access_flags(serve)
-    serve.add_argument("--grpc-address", default=_env("GRPC_ADDRESS", "0.0.0.0:50051"))
-    serve.add_argument("--admin-address", default=_env("ADMIN_ADDRESS", "0.0.0.0:9090"))
-    serve.add_argument("--workers", type=int, default=int(_env("WORKERS", "1") or 1))
-    serve.add_argument(
+    _option(serve, "--grpc-address", "0.0.0.0:50051", "the ext_proc listener (HOST:PORT or unix:PATH)")
+    _option(serve, "--admin-address", "0.0.0.0:9090", "metrics, health, /spend")
+    _option(
+        serve, "--workers", 1, "processes sharing the gRPC port (one per core; needs --redis-url)", type=int
+    )
+    _option(
+        serve,
         "--store-timeout-ms",
+        100,
+        "deadline of each spend-store call; keep well inside Envoy's message_timeout",
         type=int,
-        default=int(_env("STORE_TIMEOUT_MS", "100") or 100),
-        help="deadline of each spend-store call; keep well inside Envoy's message_timeout",
     )
-    serve.add_argument(
-        "--hold-lease-seconds", type=int, default=int(_env("HOLD_LEASE_SECONDS", "300") or 300)
-    )
-    serve.add_argument(
+    _option(serve, "--hold-lease-seconds", 300, "how long a crashed replica's holds outlive it", type=int)
+    _switch(
+        serve,
         "--read-response-headers",
-        action="store_true",
-        default=(_env("READ_RESPONSE_HEADERS", "false") or "false").lower() in ("1", "true", "yes"),
-        help="have Envoy send response headers too (4 blocking messages a request, not 3): "
+        "have Envoy send response headers too (4 blocking messages a request, not 3): "
         "brotli is then offered upstream and decoded (the body alone does not show it)",
     )
-    serve.add_argument(
+    _option(
+        serve,
         "--journal-dir",
-        default=_env("JOURNAL_DIR"),
         metavar="DIR",
         help="with --redis-url: keep spend not yet confirmed by Redis here, replayed after a restart",
     )
-    serve.add_argument(
+    _option(
+        serve,
         "--journal-fsync",
+        "everysec",
+        "everysec: a killed process loses nothing, power loss up to 1 s; always: nothing, an fsync each",
         choices=["always", "everysec"],
-        default=_env("JOURNAL_FSYNC", "everysec"),
-        help="everysec: a killed process loses nothing, power loss up to 1 s; always: nothing, an fsync each",
     )
-    serve.add_argument(
-        "--journal-max-mb", type=int, default=int(_env("JOURNAL_MAX_MB", "256") or 256), metavar="MB"
-    )
-    serve.add_argument(
+    _option(serve, "--journal-max-mb", 256, "the journal's size cap", type=int, metavar="MB")
+    _option(
+        serve,
         "--drain-delay-seconds",
+        5.0,
+        "on SIGTERM, keep taking new streams this long while endpoints propagate (0 with a preStop)",
         type=float,
-        default=float(_env("DRAIN_DELAY_SECONDS", "5") or 5),
         metavar="S",
-        help="on SIGTERM, keep taking new streams this long while endpoints propagate (0 with a preStop)",
     )
-    serve.add_argument(
+    _option(
+        serve,
         "--drain-seconds",
+        300.0,
+        "then let in-flight streams finish for up to this long; a second SIGTERM cuts it short",
         type=float,
-        default=float(_env("DRAIN_SECONDS", "300") or 300),
         metavar="S",
-        help="then let in-flight streams finish for up to this long; a second SIGTERM cuts it short",
     )
-    serve.add_argument("--grpc-tls-cert", default=_env("GRPC_TLS_CERT"), metavar="FILE")
-    serve.add_argument("--grpc-tls-key", default=_env("GRPC_TLS_KEY"), metavar="FILE")
-    serve.add_argument(
+    _option(serve, "--grpc-tls-cert", metavar="FILE", help="serve gRPC over TLS with this certificate")
+    _option(serve, "--grpc-tls-key", metavar="FILE", help="and this key")
+    _option(
+        serve,
         "--grpc-client-ca",
-        default=_env("GRPC_CLIENT_CA"),
         metavar="FILE",
         help="require client certificates signed by this CA (mTLS); files reload when they change",
     )
-    serve.add_argument(
+    _option(
+        serve,
         "--admin-token-file",
-        default=_env("ADMIN_TOKEN_FILE"),
         metavar="FILE",
         help="a bearer token /spend needs (/metrics and health stay open)",
     )
-    serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
-    serve.add_argument(
+    _option(serve, "--log-level", "info", f"one of {', '.join(LOG_LEVELS)}", type=_log_level)
+    _option(
+        serve,
         "--reload-interval",
+        1.0,
+        "how often to look for configuration changes and apply them; 0 disables reloading",
         type=float,
-        default=float(_env("RELOAD_INTERVAL", "1.0") or 1.0),
         metavar="SECONDS",
-        help="how often to look for configuration changes and apply them; 0 disables reloading",
     )
-
-    serve.add_argument(
+    _option(
+        serve,
         "--source",
+        "files",
+        "files: --config paths (mounted ConfigMaps too); kubernetes: list and watch the cluster",
         choices=["files", "kubernetes"],
-        default=_env("SOURCE", "files"),
-        help="files: --config paths (mounted ConfigMaps too); kubernetes: list and watch the cluster",
     )
-    serve.add_argument(
+    _option(
+        serve,
         "--kubeconfig",
-        default=_env("KUBECONFIG_FILE"),
+        env="KUBECONFIG_FILE",
         metavar="FILE",
-        help="with --source kubernetes: a kubeconfig; default: the pod's service account",
+        shown="the pod's service account",
+        help="with --source kubernetes: a kubeconfig",
     )
     serve.add_argument(
         "--namespace",
@@ -166,36 +234,54 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=None,
         metavar="NS",
-        help="with --source kubernetes: watch only this namespace (repeatable; namespace-scoped RBAC)",
+        help="with --source kubernetes: watch only this namespace (repeatable; namespace-scoped RBAC)"
+        " [env EXTPROC_NAMESPACES, NS:NS; default: all]",
     )
-    serve.add_argument(
+    _option(
+        serve,
         "--lease-namespace",
-        default=_env("LEASE_NAMESPACE"),
         metavar="NS",
-        help="where the status-writer Lease lives; default: the pod's namespace",
+        shown="the pod's namespace",
+        help="where the status-writer Lease lives",
     )
     serve.add_argument(
         "--no-status",
         dest="write_status",
         action="store_false",
         default=(_env("WRITE_STATUS", "true") or "true").lower() not in ("0", "false", "no"),
-        help="with --source kubernetes: do not write status (another controller owns it)",
+        help="with --source kubernetes: do not write status (another controller owns it)"
+        " [env EXTPROC_WRITE_STATUS=false; default: status written]",
     )
 
     check = sub.add_parser("check", help="validate configuration files")
     check.add_argument("paths", nargs="+")
-    check.add_argument("--catalog", action="append", default=[], metavar="FILE")
+    check.add_argument("--catalog", action="append", default=[], metavar="FILE", help="a price catalog")
 
-    price = sub.add_parser("price", help="the cost in USD the sidecar would record")
+    price = sub.add_parser("price", help="the cost in USD the sidecar would record, and its parts")
     price.add_argument("--model", required=True)
-    price.add_argument("--provider", default=None)
-    price.add_argument("--input", type=int, required=True, help="all input tokens, cached included")
-    price.add_argument("--output", type=int, required=True)
-    price.add_argument("--cached-input", type=int, default=0)
-    price.add_argument("--cache-write", type=int, default=0)
-    price.add_argument("--reasoning", type=int, default=0)
+    price.add_argument("--provider", default=None, help="the catalog provider (openai, anthropic, aws, ...)")
+    price.add_argument(
+        "--input-tokens",
+        "--input",
+        dest="input",
+        type=_count,
+        required=True,
+        help="all input tokens, cached included",
+    )
+    price.add_argument(
+        "--output-tokens", dest="output_tokens", type=_count, help="all output tokens, reasoning included"
+    )
+    price.add_argument("--cached-input", type=_count, default=0, help="input tokens read from the cache")
+    price.add_argument("--cache-write", type=_count, default=0, help="input tokens written to the cache")
+    price.add_argument("--reasoning", type=_count, default=0, help="output tokens spent reasoning")
     price.add_argument("--config", nargs="+", action="extend", default=[], metavar="PATH")
-    price.add_argument("--catalog", action="append", default=[], metavar="FILE")
+    price.add_argument("--catalog", action="append", default=[], metavar="FILE", help="a price catalog")
+    price.add_argument(
+        "--output",
+        default="text",
+        metavar="text|json",
+        help="text, or json for tools; a number here is the output tokens (the older spelling)",
+    )
 
     spend = sub.add_parser("spend", help="spend, limit, remaining and reset of each budget entry")
     spend.add_argument("--config", nargs="+", action="extend", default=[], metavar="PATH")
@@ -204,13 +290,23 @@ def _parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="ask a running sidecar's admin address (e.g. http://127.0.0.1:9090) instead of reading a store",
     )
-    spend.add_argument("--catalog", action="append", default=[], metavar="FILE")
-    spend.add_argument("--redis-url", default=_env("REDIS_URL"))
+    spend.add_argument("--catalog", action="append", default=[], metavar="FILE", help="a price catalog")
+    _option(spend, "--redis-url", help="the spend store the sidecars share")
     _redis_access_flags(spend)
     spend.add_argument(
         "--output", choices=["table", "json"], default="table", help="json: one object per row"
     )
     return parser
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of tokens") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative: token counts are 0 or more")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -227,6 +323,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 1
+    except UsageError as exc:
+        print(f"extproc {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except SpendUnavailable as exc:
+        print(f"extproc {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -253,7 +355,7 @@ def _serve(args: argparse.Namespace) -> int:
         journal_max_bytes=args.journal_max_mb * 1024 * 1024,
         redis_access=_redis_access(args),
         grpc_tls=_grpc_tls(args),
-        admin_token=_read_secret(args.admin_token_file),
+        admin_token=_read_secret(args.admin_token_file, "--admin-token-file"),
         drain_delay_seconds=args.drain_delay_seconds,
         drain_seconds=args.drain_seconds,
         cluster=ClusterOptions(
@@ -285,25 +387,67 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+class UsageError(Exception):
+    """A command given what it cannot use: one line on stderr, exit 2."""
+
+
 def _price(args: argparse.Namespace) -> int:
-    from extproc.catalog import Catalog, format_usd
+    from extproc.catalog import Catalog, components_text, format_usd
     from extproc.usage import Usage
 
+    output, fmt = args.output_tokens, args.output
+    if fmt.isdigit():  # `--output 683`, as before the json output
+        output, fmt = (int(fmt) if output is None else output), "text"
+    if fmt not in ("text", "json"):
+        raise UsageError(f"--output is text or json (or the output tokens), not {fmt!r}")
+    if output is None:
+        raise UsageError("give the output tokens: --output-tokens N")
+    if args.cached_input + args.cache_write > args.input:
+        raise UsageError(
+            f"cached ({args.cached_input}) and cache-write ({args.cache_write}) tokens are part of"
+            f" the input, so at most --input ({args.input})"
+        )
+    if args.reasoning > output:
+        raise UsageError(f"reasoning tokens ({args.reasoning}) are part of the output ({output})")
     config = load_config(args.config, args.catalog) if (args.config or args.catalog) else None
     catalog = Catalog(config.catalogs if config else ())
+    if args.provider and not catalog.knows_provider(args.provider):
+        raise UsageError(f"unknown provider {args.provider!r}: not in your catalogs nor in genai-prices")
     usage = Usage(
         input_tokens=args.input,
-        output_tokens=args.output,
+        output_tokens=output,
         cached_input_tokens=args.cached_input,
         cache_creation_input_tokens=args.cache_write,
         reasoning_tokens=args.reasoning,
     )
     price = catalog.price(usage, args.model, args.provider)
-    print(format_usd(price.usd))
-    if price.status.value in ("unpriced", "missing"):
+    known = price.status.value not in ("unpriced", "missing")
+    source = {"exact": "your catalog", "builtin": "genai-prices"}.get(price.status.value, "nowhere")
+    if fmt == "json":
         print(
-            f"warning: {args.model}: not in any catalog ({price.status.value}); priced at $0", file=sys.stderr
+            json.dumps(
+                {
+                    "cost_usd": format_usd(price.usd),
+                    "components": components_text(price),
+                    "source": price.status.value,
+                    "provider": price.provider,
+                    "model": price.model,
+                },
+                indent=2,
+            )
         )
+    elif known:
+        print(format_usd(price.usd))
+        for name, amount in components_text(price).items():
+            print(f"  {name:<13}{amount}")
+        print(f"source: {source} ({price.provider}/{price.model})")
+    if not known:
+        print(
+            f"extproc price: {args.model}: not in any catalog ({price.status.value}); the sidecar"
+            " would price it at $0 (add it to a catalog: --catalog FILE)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -312,12 +456,16 @@ def _spend(args: argparse.Namespace) -> int:
 
     if args.sidecar:
         rows = fetch_rows(args.sidecar)
-    elif args.config:
+    elif args.config and args.redis_url:
         config = load_config(args.config, args.catalog)
         rows = asyncio.run(spend_table(config, args.redis_url, time.time(), _redis_access(args)))
+    elif args.config:
+        raise UsageError(
+            "spend lives in the sidecars' store: pass --redis-url URL (the one they share) or"
+            " --sidecar http://HOST:9090 (a running sidecar, its in-memory store included)"
+        )
     else:
-        print("extproc spend: give --config PATH... (with --redis-url) or --sidecar URL", file=sys.stderr)
-        return 2
+        raise UsageError("give --config PATH... with --redis-url URL, or --sidecar URL")
     if args.output == "json":
         print(json.dumps([row.as_dict() for row in rows], indent=2))
         return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from decimal import Decimal
@@ -11,9 +12,14 @@ from extproc.admission import counter_for
 from extproc.budgets import Charge, parse_subject
 from extproc.catalog import format_usd
 from extproc.config.model import NANOS_PER_USD, WILDCARD, BudgetEntry, Config, Unit
-from extproc.store import RedisAccess, SpendStore, open_store
+from extproc.store import RedisAccess, SpendStore, StoreUnavailable, open_store
 
 HEADER = ("BUDGET", "SUBJECT", "UNIT", "WINDOW", "ACTION", "SPEND", "LIMIT", "REMAINING", "RESET(s)")
+
+
+class SpendUnavailable(Exception):
+    """The spend could not be read: the store or the sidecar named is not reachable (or not
+    named right). Its text is one line for the operator."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +37,11 @@ class SpendRow:
     reset_seconds: int
 
     def cells(self) -> tuple[str, ...]:
-        return (*(str(getattr(self, f)) for f in self.__slots__),)  # type: ignore[attr-defined]
+        """The table's cells; a reset of 0 (under its limit) reads "not blocked"."""
+        values = [str(getattr(self, f)) for f in self.__slots__]  # type: ignore[attr-defined]
+        if self.reset_seconds == 0:
+            values[-1] = "not blocked"
+        return tuple(values)
 
     def as_dict(self) -> dict[str, str | int]:
         return {f: getattr(self, f) for f in self.__slots__}  # type: ignore[attr-defined]
@@ -47,9 +57,14 @@ async def spend_table(
     config: Config, redis_url: str | None, now: float, access: RedisAccess | None = None
 ) -> list[SpendRow]:
     """The rows from the spend store at `redis_url` (a fresh in-memory store without one)."""
-    store = open_store(redis_url, access=access, timeout_seconds=2.0)
+    try:
+        store = open_store(redis_url, access=access, timeout_seconds=2.0)
+    except ValueError as exc:  # no scheme, a scheme we do not speak
+        raise SpendUnavailable(f"{redis_url!r} is not a Redis URL: {exc}") from None
     try:
         return await spend_rows(config, store, now)
+    except StoreUnavailable as exc:
+        raise SpendUnavailable(f"cannot read spend from {redis_url}: {exc}") from None
     finally:
         await store.close()
 
@@ -91,5 +106,16 @@ async def spend_rows(config: Config, store: SpendStore, now: float) -> list[Spen
 
 def fetch_rows(admin_url: str, timeout: float = 5.0) -> list[SpendRow]:
     """The rows a running sidecar reports on its admin address (`GET /spend`)."""
-    with urllib.request.urlopen(admin_url.rstrip("/") + "/spend", timeout=timeout) as response:
-        return [SpendRow(**row) for row in json.load(response)]
+    url = admin_url.rstrip("/") + "/spend"
+    if not url.startswith(("http://", "https://")):
+        raise SpendUnavailable(f"{admin_url!r} is not a sidecar's admin URL: give http://HOST:9090")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return [SpendRow(**row) for row in json.load(response)]
+    except urllib.error.HTTPError as exc:
+        raise SpendUnavailable(f"the sidecar at {admin_url} answered {exc.code}: {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise SpendUnavailable(f"cannot reach the sidecar at {admin_url}: {reason}") from None
+    except (ValueError, TypeError) as exc:
+        raise SpendUnavailable(f"the sidecar at {admin_url} did not answer spend rows: {exc}") from None

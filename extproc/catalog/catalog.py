@@ -230,6 +230,16 @@ class Catalog:
         """Providers and models in the user documents, for the startup log line."""
         return len(self._user), sum(len(models) for models in self._user.values())
 
+    def knows_provider(self, provider: str) -> bool:
+        """Whether a provider name means anything here: in a user document or genai-prices."""
+        name = provider.strip().lower()
+        if name in self._user:
+            return True
+        if not self._builtin:
+            return False
+        known = data_snapshot.get_snapshot().providers
+        return data_snapshot.find_provider_by_id(known, _BUILTIN_PROVIDER_IDS.get(name, name)) is not None
+
     def rates(
         self, model: str | None, provider: str | None = None, *, at: datetime | None = None
     ) -> tuple[Rates | None, LookupStatus, str | None, str | None]:

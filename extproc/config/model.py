@@ -158,6 +158,8 @@ class EnforcementPolicy:
     # One of extproc.usage.apis.API_NAMES.
     api: str | None = None
     estimate_usage: bool = False
+    # The IETF RateLimit fields on admitted responses (a blocked one always has them).
+    rate_limit_headers: bool = True
 
 
 class DimensionSource(enum.Enum):

@@ -26,8 +26,6 @@ from extproc.usage import LlmRequest, apis
 from extproc.usage.encoding import readable_encodings
 from extproc.usage.response import ResponseReader
 
-METADATA_NAMESPACE = "extproc.budgets"
-
 
 @dataclass(slots=True)
 class Exchange:
@@ -192,7 +190,7 @@ class BudgetService:
                 hide_usage_chunk=hide_usage_chunk,
                 body_only=ex.body_only,
             )
-            return reply
+            return replies.admitted(reply, decision)
         # Nothing admitted, nothing held: the stream ends with this reply.
         ex.finished = True
         if isinstance(decision, Blocked):
@@ -244,7 +242,7 @@ class BudgetService:
         if spend is None:
             return None
         return wire.metadata_struct(
-            METADATA_NAMESPACE,
+            replies.METADATA_NAMESPACE,
             {
                 "cost_usd": format_usd(spend.price.usd),
                 "input_tokens": spend.usage.input_tokens,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -194,7 +195,8 @@ class World:
              "--redis-url", self.redis_url],
             capture_output=True, text=True, cwd=ROOT, timeout=30, check=True,
         ).stdout  # fmt: skip
-        header, *rows = [line.split() for line in out.splitlines() if line.strip()]
+        # Columns are two spaces or more apart; a cell may hold one ("not blocked").
+        header, *rows = [re.split(r"\s{2,}", line.strip()) for line in out.splitlines() if line.strip()]
         return {(row[0], row[1]): dict(zip(header, row, strict=True)) for row in rows}
 
     def errors(self) -> list[dict[str, object]]:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.support.e2e import ESSAY, FIRST, call, log_lines
+from tests.support.e2e import DEMO, ESSAY, FIRST, call, log_lines
 from tests.support.http import HttpClient, MockOpenAI
 from tests.support.procs import Envoy, Sidecar
 
@@ -146,8 +146,46 @@ async def test_cost_and_tokens_reach_envoys_access_log_as_dynamic_metadata(
             "cost_usd": "0.0068825",
             "input_tokens": 21,
             "output_tokens": 683,
+            "budget_id": None,
+            "request_id": lines[0]["request_id"],
             "path": "/v1/chat/completions",
             "route": "budget-demo",
             "status": 200,
         }
     ]
+    assert lines[0]["request_id"]  # Envoy's, the same the sidecar's request line carries
+
+
+async def test_responses_carry_the_ratelimit_fields_and_a_blocked_requests_budget_reaches_the_access_log(
+    replicas: list[tuple[Sidecar, Envoy]], upstream: MockOpenAI, fresh_spend: None
+) -> None:
+    sidecar = replicas[0][0]
+    envoy = Envoy(upstream.port, [sidecar.grpc_port])
+    client = HttpClient("127.0.0.1", envoy.port)
+    try:
+        admitted = await client.post_json(DEMO, ESSAY, {"x-mock-usage": "1000,1000", "x-request-id": "req-a"})
+        assert admitted.status == 200
+        # Added by Envoy from the sidecar's admission metadata: no response message for it.
+        assert (
+            admitted.headers["ratelimit-policy"]
+            == '"agentgateway-system/budget-demo/demo-token-block";q=2000;w=86400'
+        )
+        remaining = int(admitted.headers["ratelimit"].split(";r=")[1].split(";")[0])
+        assert 0 < remaining < 2000
+        blocked = await client.post_json(DEMO, ESSAY, {"x-mock-usage": "1,1", "x-request-id": "req-b"})
+        assert blocked.status == 429
+        assert blocked.headers["x-should-retry"] == "false"  # a day away
+        assert blocked.headers["ratelimit"].startswith(
+            '"agentgateway-system/budget-demo/demo-token-block";r=0;t='
+        )
+    finally:
+        await client.close()
+        envoy.stop()
+
+    lines = {x["request_id"]: x for x in envoy.json_lines() if x.get("route") == "budget-demo"}
+    assert lines["req-a"]["status"] == 200 and lines["req-a"]["budget_id"] is None
+    assert lines["req-b"]["status"] == 429
+    assert lines["req-b"]["budget_id"] == "agentgateway-system/budget-demo/demo-token-block"
+    # The sidecar's request line joins Envoy's by the request id, with what it was charged to.
+    (line,) = [x for x in await log_lines(sidecar, "request", 1) if x.get("request_id") == "req-a"]
+    assert "agentgateway-system/budget-demo/demo-token-block" in line["budget_ids"]

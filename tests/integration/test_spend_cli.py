@@ -60,7 +60,7 @@ def test_spend_lists_each_wildcard_subject_seen_with_spend_limit_remaining_and_r
     assert rows[0][:3] == ["BUDGET", "SUBJECT", "UNIT"]
     by_subject = {(r[0], r[1]): r for r in rows[1:]}
     alice = by_subject[("ai/teams/per-user", "user=alice")]
-    assert alice[5:8] == ["400", "1000", "600"] and alice[8] == "0"
+    assert alice[5:8] == ["400", "1000", "600"] and alice[8:] == ["not", "blocked"]
     bob = by_subject[("ai/teams/per-user", "user=bob")]
     assert bob[5:8] == ["1000", "1000", "0"]
     assert 86_400 <= int(bob[8]) <= 86_400 + 900

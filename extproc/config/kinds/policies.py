@@ -26,7 +26,7 @@ __all__ = ["parse_budget_policy", "parse_enterprise_policy"]
 
 _GATEWAY_API_GROUP = "gateway.networking.k8s.io"
 # What a policy may say about how its routes' calls are read and priced.
-_ROUTE_FIELDS = ("provider", "api", "estimateUsage")
+_ROUTE_FIELDS = ("provider", "api", "estimateUsage", "rateLimitHeaders")
 _ENTERPRISE_FIELDS = ("discovery", "failureMode", *_ROUTE_FIELDS)
 _POLICY_FIELDS = ("targetRefs", "discovery", "failureMode", *_ROUTE_FIELDS)
 
@@ -185,6 +185,7 @@ def _policy(
         route.provider,
         route.api,
         route.estimate_usage,
+        route.rate_limit_headers,
     )
 
 
@@ -193,14 +194,17 @@ class _RouteSettings:
     provider: str | None = None
     api: str | None = None
     estimate_usage: bool = False
+    rate_limit_headers: bool = True
 
 
 def _route_settings(r: Reporter, parent: Map | None, path: str) -> _RouteSettings:
-    """`provider`, `api` and `estimateUsage`: how the targeted routes' calls are read and priced."""
+    """`provider`, `api` and `estimateUsage`: how the targeted routes' calls are read and
+    priced; `rateLimitHeaders`: whether their admitted responses get the RateLimit fields."""
     provider = _provider(r, r.get(parent, "provider", path), join(path, "provider"))
     api = r.one_of(r.get(parent, "api", path), join(path, "api"), API_NAMES, "api")
     estimate = r.boolean(r.get(parent, "estimateUsage", path), join(path, "estimateUsage"))
-    return _RouteSettings(provider, api, bool(estimate))
+    headers = r.boolean(r.get(parent, "rateLimitHeaders", path), join(path, "rateLimitHeaders"))
+    return _RouteSettings(provider, api, bool(estimate), headers is not False)
 
 
 def _provider(r: Reporter, node: Node | None, path: str) -> str | None:

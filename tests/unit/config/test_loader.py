@@ -764,7 +764,7 @@ def test_budget_policy_problems(tmp_path):
         "b.yaml:8: spec.targetRefs[2].name: is required",
         "b.yaml:9: spec.discovery.selector: is required when from is Selector",
         'b.yaml:10: spec.failureMod: unknown field (did you mean "failureMode"?); '
-        "expected one of: targetRefs, discovery, failureMode, provider, api, estimateUsage",
+        "expected one of: targetRefs, discovery, failureMode, provider, api, estimateUsage, rateLimitHeaders",
         "b.yaml:16: spec.targetRefs: needs at least one HTTPRoute or Gateway",
         "b.yaml:19: spec.discovery.selector.matchExpressions: is not supported; use matchLabels",
         "b.yaml:19: spec.discovery.selector: only applies when from is Selector (from is Same)",
@@ -857,7 +857,7 @@ def test_route_settings_problems(tmp_path):
         f"b.yaml:16: spec.api: must be one of: {allowed}; got a list",
         "b.yaml:17: spec.estimateUsage: must be true or false, got 1",
         'b.yaml:18: spec.estimate_usage: unknown field (did you mean "estimateUsage"?); '
-        "expected one of: targetRefs, discovery, failureMode, provider, api, estimateUsage",
+        "expected one of: targetRefs, discovery, failureMode, provider, api, estimateUsage, rateLimitHeaders",
         "b.yaml:25: spec.provider: a provider must not be empty",
     ]
 
@@ -903,7 +903,7 @@ def test_enterprise_policy_route_settings_problems(tmp_path):
         'b.yaml:8: spec.traffic.entBudgetEnforcement.api: unknown api "gemini"; '
         f"expected one of: {', '.join(API_NAMES)}",
         'b.yaml:10: spec.traffic.entBudgetEnforcement.apis: unknown field (did you mean "api"?); '
-        "expected one of: discovery, failureMode, provider, api, estimateUsage",
+        "expected one of: discovery, failureMode, provider, api, estimateUsage, rateLimitHeaders",
     ]
 
 

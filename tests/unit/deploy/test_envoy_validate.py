@@ -26,6 +26,8 @@ def _filled(path: Path, tmp: Path) -> str:
             if doc and doc.get("kind") == "ConfigMap":
                 return next(iter(doc["data"].values()))
         raise AssertionError(f"no Envoy config in {path}")
+    if "${" not in text:  # runs as is (envoy-local.yaml)
+        return text
     names = set(re.findall(r"\$\{([A-Z_]+)\}", text)) - {
         "LISTEN_PORT",
         "ADMIN_PORT",
@@ -63,3 +65,21 @@ def test_envoy_validates_the_config(path: Path, tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_local_config_runs_as_is_beside_the_sidecar_make_run_starts() -> None:
+    """`envoy/envoy-local.yaml` has no placeholders (the validation above runs it unfilled)
+    and talks to the gRPC port `extproc serve` listens on by default, which `make run` uses."""
+    import yaml
+
+    from extproc.cli import _parser
+
+    text = (ROOT / "envoy" / "envoy-local.yaml").read_text()
+    assert "${" not in text
+    config = yaml.safe_load(text)
+    (extproc,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "extproc"]
+    (endpoint,) = extproc["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    port = endpoint["endpoint"]["address"]["socket_address"]["port_value"]
+    assert _parser().parse_args(["serve"]).grpc_address.endswith(f":{port}")
+    assert "$(BIN)/extproc serve --config examples/" in (ROOT / "Makefile").read_text()
+    assert "envoy/envoy-local.yaml" in (ROOT / "Makefile").read_text()

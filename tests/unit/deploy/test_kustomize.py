@@ -180,9 +180,17 @@ def test_the_grace_period_covers_the_pre_stop_sleep_and_the_drain(overlay: str) 
 
 
 def _serve_env_names() -> set[str]:
+    """What `extproc serve` reads: each flag's variable (its --help names it), the few read
+    directly (`_env`), and what the Kubernetes client reads in a pod."""
+    from extproc.cli import _parser
+
     cli = (ROOT / "extproc" / "cli.py").read_text()
     cluster = (ROOT / "extproc" / "config" / "sources" / "kubernetes" / "cluster.py").read_text()
-    names = {f"EXTPROC_{n}" for n in re.findall(r'_env(?:_list)?\("([A-Z_]+)"', cli)}
+    serve = _parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    names = {
+        name for action in serve._actions for name in re.findall(r"\bEXTPROC_[A-Z_]+", action.help or "")
+    }
+    names |= {f"EXTPROC_{n}" for n in re.findall(r'_env(?:_list)?\("([A-Z_]+)"', cli)}
     return names | set(re.findall(r"os\.environ\.get\(['\"]([A-Z_]+)['\"]\)", cluster))
 
 

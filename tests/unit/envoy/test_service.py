@@ -16,7 +16,7 @@ import structlog.testing
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from extproc.admission import Snapshot, counter_for
+from extproc.admission import Blocked, Snapshot, counter_for
 from extproc.budgets import Charge
 from extproc.catalog import CatalogDocument, UserRates
 from extproc.config.model import (
@@ -33,9 +33,10 @@ from extproc.config.model import (
     Window,
     frozen_map,
 )
+from extproc.envoy import replies, wire
 from extproc.envoy.service import BudgetService, Exchange
 from extproc.server.grpc import ExternalProcessor
-from extproc.store import Claim, MemoryStore, StoreUnavailable
+from extproc.store import Claim, CounterState, MemoryStore, StoreUnavailable
 from extproc.telemetry import OTHER_ROUTES, UNENFORCED_ROUTE_LABELS, Metrics
 
 CATALOG = CatalogDocument(
@@ -129,6 +130,80 @@ async def test_spend_is_recorded_and_the_next_request_over_the_limit_gets_a_429(
     assert headers["retry-after"] == headers["x-ratelimit-reset"]
     assert json.loads(imm.body)["error"]["code"] == "budget_exceeded"
     assert all(not h.header.value for h in imm.headers.set_headers), "values belong in raw_value"
+    # The IETF fields name the entry; a day to wait is not worth an SDK's immediate retry.
+    assert headers["ratelimit-policy"] == '"ns/demo/token-block";q=2000;w=86400'
+    assert headers["ratelimit"] == f'"ns/demo/token-block";r=0;t={headers["retry-after"]}'
+    assert headers["x-should-retry"] == "false"
+    # And Envoy's access log can say which budget refused it.
+    meta = blocked.dynamic_metadata.fields["extproc.budgets"].struct_value.fields
+    assert (meta["budget_id"].string_value, meta["outcome"].string_value) == (
+        "ns/demo/token-block",
+        "blocked",
+    )
+
+
+@pytest.mark.parametrize(
+    ("reset", "should_retry"), [(45, None), (60, None), (61, "false"), (86_400, "false")]
+)
+def test_a_budget_that_frees_up_within_a_minute_may_be_retried(reset: int, should_retry: str | None) -> None:
+    charge = Charge(entry=demo_config().budgets[0].entries[1], values=())
+    state = CounterState(spend=2000, held=0, over_limit=True, reset_seconds=reset)
+    reply = replies.budget_exceeded(Blocked(charge, state))
+    headers = {
+        h.header.key: h.header.raw_value.decode() for h in reply.immediate_response.headers.set_headers
+    }
+    assert headers.get("x-should-retry") == should_retry
+    assert headers["ratelimit"] == f'"ns/demo/token-block";r=0;t={reset}'
+
+
+def _admission_metadata(reply: pb.ProcessingResponse) -> dict[str, str]:
+    fields = reply.dynamic_metadata.fields["extproc.budgets"].struct_value.fields
+    return {key: value.string_value for key, value in fields.items()}
+
+
+async def test_an_admitted_request_carries_the_ratelimit_fields_of_its_tightest_entry(
+    service: BudgetService,
+) -> None:
+    await exchange(service, 500, 500)  # 1,000 of the 2,000 tokens; $0.00625 of the $5
+    ex = Exchange()
+    await service.handle(ex, headers_msg("request_headers", {":path": "/v1/chat/completions"}, "budget-demo"))
+    reply = await service.handle(ex, body_msg("request_body", request_body(max_tokens=100)))
+    # The blocking token entry is the tightest (the USD one only audits): 2,000 - 1,000
+    # spent - this request's own hold.
+    assert ex.admission is not None
+    held = ex.admission.holds[1].amount
+    meta = _admission_metadata(reply)
+    assert meta["ratelimit_policy"] == '"ns/demo/token-block";q=2000;w=86400'
+    assert meta["ratelimit"].startswith(f'"ns/demo/token-block";r={1000 - held};t=')
+    # The shared no-op reply was copied, not changed.
+    assert not wire.CONTINUE_REQUEST_BODY.HasField("dynamic_metadata")
+    await service.close(ex)
+
+
+async def test_a_policy_can_leave_the_ratelimit_fields_off() -> None:
+    config = demo_config()
+    policy = dataclasses.replace(config.policies[0], rate_limit_headers=False)
+    service = BudgetService(
+        Snapshot(dataclasses.replace(config, policies=(policy,))), MemoryStore(), Metrics()
+    )
+    replies = await exchange(service, 10, 10)
+    assert not replies[1].HasField("dynamic_metadata")
+
+
+async def test_the_request_line_carries_the_subject_the_budget_ids_and_the_request_id() -> None:
+    config, _ = hierarchy(org_limit=10_000)
+    service = BudgetService(Snapshot(config), MemoryStore(), Metrics())
+    with structlog.testing.capture_logs() as logs:
+        await identity_exchange(service, 10, {**ACME_ML_ALICE, "x-request-id": "req-7"})
+    (line,) = [x for x in logs if x["event"] == "request"]
+    assert line["request_id"] == "req-7"
+    assert line["subject"] == {"org": "acme", "team": "ml", "user": "alice"}
+    assert sorted(line["budget_ids"]) == [
+        "ns/org/org-monthly",
+        "ns/teams/team-weekly",
+        "ns/users/user-audit",
+        "ns/users/user-daily",
+    ]
 
 
 async def test_cost_and_tokens_are_returned_as_dynamic_metadata(service: BudgetService) -> None:
