@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test demo lint bench bench-compare bench-stream check clean debian-packages bench-packages chaos
+.PHONY: run test demo lint bench bench-compare bench-stream check protos clean debian-packages bench-packages chaos
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -58,6 +58,10 @@ bench-compare: $(STAMP) debian-packages bench-packages
 
 bench-stream: $(STAMP) debian-packages
 	$(BIN)/python -m bench.stream_compare
+
+# The BudgetAdmin stubs from protos/ (committed; a test says when they are stale).
+protos: $(STAMP)
+	$(BIN)/python protos/generate.py
 
 check: $(STAMP)
 	$(BIN)/extproc check examples/

@@ -25,7 +25,7 @@ from extproc import budgets
 from extproc.budgets import BudgetIndex, Charge, RouteBudgets
 from extproc.catalog import Catalog, LookupStatus, Price, components_text, format_usd
 from extproc.config.model import Action, Config, FailureMode, Unit
-from extproc.dimensions import resolve
+from extproc.dimensions import DimensionValue, resolve
 from extproc.store import Claim, Counter, CounterState, SpendStore, StoreUnavailable
 from extproc.store.windows import bucket_seconds_for
 from extproc.telemetry import Metrics, log, logs_info
@@ -165,12 +165,13 @@ class Enforcer:
 
     # -- admission ------------------------------------------------------------------
 
-    async def admit(self, ctx: RouteContext, request: LlmRequest, body: bytes = b"") -> Decision:
-        """Resolve the subject (`body`: the request body as the client sent it, for body
-        dimensions), match the entries, and ask the store to hold their estimates."""
-        snap = ctx.snapshot
+    def match(
+        self, ctx: RouteContext, request: LlmRequest, body: bytes = b""
+    ) -> tuple[dict[str, DimensionValue], tuple[Charge, ...]]:
+        """The request's dimensions (`body`: as the client sent it, for body dimensions)
+        and the entries they match, one charge per entry and subject."""
         dims = resolve(
-            snap.config.dimensions,
+            ctx.snapshot.config.dimensions,
             headers=ctx.headers,
             metadata=ctx.metadata,
             attributes=ctx.attributes,
@@ -185,11 +186,15 @@ class Enforcer:
                 budget_ids=list(matching.capped),
                 charged_per_entry=budgets.MAX_COMBINATIONS,
             )
-        if not matching.charges:
+        return dims, tuple(matching.charges)
+
+    async def admit(self, ctx: RouteContext, request: LlmRequest, body: bytes = b"") -> Decision:
+        """Match the entries and ask the store to hold their estimates."""
+        _, charges = self.match(ctx, request, body)
+        if not charges:
             return Admission(request)
-        charges = tuple(matching.charges)
         hold_id = f"{self._hold_prefix}{next(self._hold_seq):x}"
-        admission = Admission(request, charges, self._holds(ctx, charges, request), hold_id)
+        admission = Admission(request, charges, self.holds(ctx, charges, request), hold_id)
         fail_open = ctx.budgets.failure_mode is FailureMode.OPEN
         t0 = time.perf_counter()
         try:
@@ -217,15 +222,12 @@ class Enforcer:
             self.metrics.store_errors.labels("admit").inc()
             log.warning("spend store unavailable; admitting on this replica's view", route=ctx.route)
         admission.holding = result.admitted
-        blocker: Blocked | None = None
         for charge, state in zip(charges, result.states, strict=True):
-            if not state.over_limit:
-                continue
-            blocking = charge.entry.action is Action.BLOCK
-            outcome = "over_limit_block" if blocking else "over_limit_audit"
-            self._log_exceeded(ctx, charge, "admission", outcome)
-            if blocking and (blocker is None or state.reset_seconds > blocker.state.reset_seconds):
-                blocker = Blocked(charge, state)
+            if state.over_limit:
+                blocking = charge.entry.action is Action.BLOCK
+                outcome = "over_limit_block" if blocking else "over_limit_audit"
+                self._log_exceeded(ctx, charge, "admission", outcome)
+        blocker = blocking_entry(charges, result.states)
         if not result.admitted and blocker is not None:
             self.metrics.requests.labels(ctx.route, "blocked").inc()
             return blocker
@@ -238,9 +240,7 @@ class Enforcer:
             return request.max_tokens
         return self.settings.default_output_hold_tokens
 
-    def _holds(
-        self, ctx: RouteContext, charges: tuple[Charge, ...], request: LlmRequest
-    ) -> tuple[Claim, ...]:
+    def holds(self, ctx: RouteContext, charges: tuple[Charge, ...], request: LlmRequest) -> tuple[Claim, ...]:
         """Each counter's hold: the request's estimated cost in that counter's unit."""
         estimate = Usage(
             input_tokens=request.estimated_input_tokens, output_tokens=self._held_output_tokens(request)
@@ -409,6 +409,17 @@ class Enforcer:
                 "duration_ms": round((time.monotonic() - ctx.started) * 1000, 1),
             },
         )
+
+
+def blocking_entry(charges: tuple[Charge, ...], states: tuple[CounterState, ...]) -> Blocked | None:
+    """Of the `Block` entries over their limit, the one that frees up last (the 429 names it)."""
+    blocker: Blocked | None = None
+    for charge, state in zip(charges, states, strict=True):
+        if not state.over_limit or charge.entry.action is not Action.BLOCK:
+            continue
+        if blocker is None or state.reset_seconds > blocker.state.reset_seconds:
+            blocker = Blocked(charge, state)
+    return blocker
 
 
 def _tightest(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from extproc.admin.service import BudgetAdmin
 from extproc.admission import Settings, Snapshot
 from extproc.budgets import reach
 from extproc.config import Config, Problem, load_config
@@ -64,6 +65,8 @@ class ServeOptions:
     # A bearer token that /spend (anything per subject) needs; None: open (bind the admin
     # address to localhost then). /metrics and health stay open for scraping and probes.
     admin_token: str | None = None
+    # The admin API's AdjustSpend (credit or reset a counter): off unless asked for.
+    admin_adjust: bool = False
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -248,7 +251,11 @@ async def serve(opts: ServeOptions, *, stop: asyncio.Event | None = None) -> Non
     service = BudgetService(snapshot, store, metrics, opts.settings)
     try:
         server, port, health_servicer = build_server(
-            service, opts.grpc_address, reuse_port=opts.workers > 1, tls=opts.grpc_tls
+            service,
+            opts.grpc_address,
+            reuse_port=opts.workers > 1,
+            tls=opts.grpc_tls,
+            admin=BudgetAdmin(service, token=opts.admin_token, allow_adjust=opts.admin_adjust),
         )
     except (ssl.SSLError, OSError) as exc:
         log.error("cannot use the gRPC certificates", error=str(exc), files=_tls_files(opts.grpc_tls))

@@ -202,7 +202,13 @@ def _parser() -> argparse.ArgumentParser:
         serve,
         "--admin-token-file",
         metavar="FILE",
-        help="a bearer token /spend needs (/metrics and health stay open)",
+        help="a bearer token /spend and the BudgetAdmin gRPC API need (/metrics and health stay open)",
+    )
+    _switch(
+        serve,
+        "--admin-adjust",
+        "allow BudgetAdmin/AdjustSpend (credit or reset a counter, with a reason; logged), behind the"
+        " admin token (or loopback peers without one)",
     )
     _option(serve, "--log-level", "info", f"one of {', '.join(LOG_LEVELS)}", type=_log_level)
     _option(
@@ -356,6 +362,7 @@ def _serve(args: argparse.Namespace) -> int:
         redis_access=_redis_access(args),
         grpc_tls=_grpc_tls(args),
         admin_token=_read_secret(args.admin_token_file, "--admin-token-file"),
+        admin_adjust=args.admin_adjust,
         drain_delay_seconds=args.drain_delay_seconds,
         drain_seconds=args.drain_seconds,
         cluster=ClusterOptions(

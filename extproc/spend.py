@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -12,7 +13,7 @@ from extproc.admission import counter_for
 from extproc.budgets import Charge, parse_subject
 from extproc.catalog import format_usd
 from extproc.config.model import NANOS_PER_USD, WILDCARD, BudgetEntry, Config, Unit
-from extproc.store import RedisAccess, SpendStore, StoreUnavailable, open_store
+from extproc.store import CounterState, RedisAccess, SpendStore, StoreUnavailable, open_store
 
 HEADER = ("BUDGET", "SUBJECT", "UNIT", "WINDOW", "ACTION", "SPEND", "LIMIT", "REMAINING", "RESET(s)")
 
@@ -47,7 +48,8 @@ class SpendRow:
         return {f: getattr(self, f) for f in self.__slots__}  # type: ignore[attr-defined]
 
 
-def _amount(entry: BudgetEntry, units: int) -> str:
+def amount_text(entry: BudgetEntry, units: int) -> str:
+    """Units of an entry (nano-USD or tokens) as the exact decimal the operator reads."""
     if entry.unit is Unit.USD:
         return format_usd(Decimal(units) / NANOS_PER_USD)
     return str(units)
@@ -69,11 +71,24 @@ async def spend_table(
         await store.close()
 
 
-async def spend_rows(config: Config, store: SpendStore, now: float) -> list[SpendRow]:
-    """Every entry of the configuration, and for `"*"` entries every subject seen."""
+async def charges_seen(
+    config: Config,
+    store: SpendStore,
+    *,
+    budget_id: str = "",
+    namespace: str = "",
+    subject: Mapping[str, str] | None = None,
+) -> list[Charge]:
+    """Every entry of the configuration (or the one `budget_id` names, or a namespace's),
+    and for `"*"` entries every subject seen, in a stable order; with `subject`, only the
+    charges whose values include it."""
     charges: list[Charge] = []
     for resource in config.budgets:
+        if namespace and resource.namespace != namespace:
+            continue
         for entry in resource.entries:
+            if budget_id and entry.budget_id != budget_id:
+                continue
             exact = Charge(entry=entry, values=tuple(sorted(entry.subject.items())))
             if WILDCARD not in entry.subject.values():
                 charges.append(exact)
@@ -82,12 +97,20 @@ async def spend_rows(config: Config, store: SpendStore, now: float) -> list[Spen
             prefix = exact.counter_id.split("|", 1)[0] + "|"
             for counter_id in sorted(await store.counters_seen(prefix)):
                 charges.append(Charge(entry=entry, values=parse_subject(counter_id)))
+    if subject:
+        wanted = set(subject.items())
+        charges = [c for c in charges if wanted <= set(c.values)]
+    return charges
+
+
+async def spend_rows(config: Config, store: SpendStore, now: float) -> list[SpendRow]:
+    """Every entry of the configuration, and for `"*"` entries every subject seen."""
+    charges = await charges_seen(config, store)
     counters = [counter_for(c) for c in charges]
     states = await store.read(counters, now) if counters else ()
     rows: list[SpendRow] = []
     for charge, state in zip(charges, states, strict=True):
         e = charge.entry
-        remaining = max(0, e.limit_units - state.spend - state.held)
         rows.append(
             SpendRow(
                 budget_id=e.budget_id,
@@ -95,13 +118,17 @@ async def spend_rows(config: Config, store: SpendStore, now: float) -> list[Spen
                 unit=e.unit.value,
                 window=e.window.value,
                 action=e.action.value,
-                spend=_amount(e, state.spend),
-                limit=_amount(e, e.limit_units),
-                remaining=_amount(e, remaining),
+                spend=amount_text(e, state.spend),
+                limit=amount_text(e, e.limit_units),
+                remaining=amount_text(e, remaining(e, state)),
                 reset_seconds=state.reset_seconds,
             )
         )
     return rows
+
+
+def remaining(entry: BudgetEntry, state: CounterState) -> int:
+    return max(0, entry.limit_units - state.spend - state.held)
 
 
 def fetch_rows(admin_url: str, timeout: float = 5.0) -> list[SpendRow]:

@@ -23,6 +23,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2, external_processor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from extproc.admin.proto import admin_pb2_grpc
+from extproc.admin.service import SERVICE_NAME as ADMIN_SERVICE_NAME
+from extproc.admin.service import BudgetAdmin
 from extproc.envoy import wire
 from extproc.envoy.service import BudgetService, Exchange
 from extproc.telemetry import log
@@ -211,17 +214,29 @@ def _prepare_unix_socket(address: str) -> None:
 
 
 def build_server(
-    service: BudgetService, address: str, *, reuse_port: bool = False, tls: GrpcTls | None = None
+    service: BudgetService,
+    address: str,
+    *,
+    reuse_port: bool = False,
+    tls: GrpcTls | None = None,
+    admin: BudgetAdmin | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """A grpc.aio server with ext_proc, health and reflection; returns it and the bound port
-    (0 for a Unix domain socket, `unix:PATH`). With `tls`: TLS, or mTLS with a client CA."""
+    """A grpc.aio server with ext_proc, the BudgetAdmin API, health and reflection; returns
+    it and the bound port (0 for a Unix domain socket, `unix:PATH`). With `tls`: TLS, or
+    mTLS with a client CA."""
     options = [("grpc.so_reuseport", 1 if reuse_port else 0)]
     server = grpc.aio.server(options=options)
     external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(service), server)
+    admin_pb2_grpc.add_BudgetAdminServicer_to_server(admin or BudgetAdmin(service), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        (
+            SERVICE_NAME,
+            ADMIN_SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
         server,
     )
     unix = address.startswith("unix:")

@@ -65,6 +65,16 @@ class CounterState:
     reset_seconds: int
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class HeldAmount:
+    """One hold in flight on a counter: a request admitted and not yet recorded."""
+
+    hold_id: str
+    amount: int
+    # When its lease ends it, if its request never finishes (ms since the epoch).
+    expiry_ms: int
+
+
 @dataclass(frozen=True, slots=True)
 class RecordId:
     """Makes a record idempotent: the store applies each (writer, seq) at most once.
@@ -139,6 +149,15 @@ class SpendStore(Protocol):
 
     async def counters_seen(self, prefix: str) -> list[str]:
         """Ids of counters with any spend whose id starts with `prefix` (for `"*"` subjects)."""
+        ...
+
+    async def holds(self, counter: Counter, now: float) -> list[HeldAmount]:
+        """The live holds on a counter (the admin API's ListHolds)."""
+        ...
+
+    async def adjust(self, counter: Counter, credit: int | None, now: float) -> tuple[int, int]:
+        """Takes `credit` off the counter's spend, newest spend first and never below zero,
+        or all of it (`None`: a reset); holds stay. Returns the spend before and after."""
         ...
 
     async def ping(self) -> bool: ...

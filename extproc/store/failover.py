@@ -35,6 +35,7 @@ from extproc.store.base import (
     Claim,
     Counter,
     CounterState,
+    HeldAmount,
     RecordId,
     SpendStore,
     StoreErrorReply,
@@ -330,6 +331,15 @@ class FailoverStore:
 
     async def counters_seen(self, prefix: str) -> list[str]:
         return await self._primary.counters_seen(prefix)
+
+    async def holds(self, counter: Counter, now: float) -> list[HeldAmount]:
+        # The shared truth or an error, as `read`.
+        return await self._primary.holds(counter, now)
+
+    async def adjust(self, counter: Counter, credit: int | None, now: float) -> tuple[int, int]:
+        # An operator's change goes to the shared store or fails: never kept for later,
+        # where it could land after spend it was meant to come before.
+        return await self._primary.adjust(counter, credit, now)
 
     async def ping(self) -> bool:
         return await self._primary.ping()

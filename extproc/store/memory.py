@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from extproc.store import windows
-from extproc.store.base import AdmitResult, Claim, Counter, CounterState, RecordId
+from extproc.store.base import AdmitResult, Claim, Counter, CounterState, HeldAmount, RecordId
 
 # Sweep every window for aged-out spend this often (in operations), so counters that
 # are never touched again do not pin memory forever (Redis has key TTLs for that).
@@ -122,6 +122,22 @@ class _Window:
             self.held -= current[0]
             self._drop_stale_expiries()
 
+    def credit(self, amount: int) -> None:
+        """Takes `amount` off the spend, newest bucket first (the spend that would have
+        stayed longest, as if its requests had not happened); never below zero."""
+        for index in sorted(self.buckets, reverse=True):
+            if amount <= 0:
+                break
+            taken = min(amount, self.buckets[index])
+            self.buckets[index] -= taken
+            self.spend -= taken
+            amount -= taken
+            if self.buckets[index] == 0:
+                del self.buckets[index]
+        if self.spend == 0:
+            self.buckets.clear()
+            self.oldest = None
+
     def live_buckets(self) -> Iterator[tuple[int, int]]:
         """(index, amount), oldest first; walks at most n + 1 indexes."""
         if self.oldest is None:
@@ -214,6 +230,25 @@ class MemoryStore:
     async def read(self, counters: Sequence[Counter], now: float) -> tuple[CounterState, ...]:
         now_ms = self._tick(now)
         return tuple(self._state(counter, now_ms) for counter in counters)
+
+    async def holds(self, counter: Counter, now: float) -> list[HeldAmount]:
+        now_ms = self._tick(now)
+        window = self._windows.get(counter.id)
+        if window is None:
+            return []
+        window.refresh(now_ms)
+        return sorted(
+            HeldAmount(hold_id, amount, expiry) for hold_id, (amount, expiry) in window.holds.items()
+        )
+
+    async def adjust(self, counter: Counter, credit: int | None, now: float) -> tuple[int, int]:
+        now_ms = self._tick(now)
+        window = self._window(counter, now_ms)
+        before = window.spend
+        window.credit(before if credit is None else credit)
+        after = window.spend
+        self._forget_if_empty(counter.id, window)
+        return before, after
 
     async def counters_seen(self, prefix: str) -> list[str]:
         return sorted(

@@ -57,6 +57,7 @@ from extproc.store.base import (
     Claim,
     Counter,
     CounterState,
+    HeldAmount,
     RecordId,
     StoreErrorReply,
     StoreOutcomeUnknown,
@@ -180,6 +181,7 @@ class RedisStore:
         self._admit = self._client.register_script(_script_text("admit.lua"))
         self._record = self._client.register_script(_script_text("record.lua"))
         self._release = self._client.register_script(_script_text("release.lua"))
+        self._adjust = self._client.register_script(_script_text("adjust.lua"))
         self._heartbeat = self._client.register_script(_HEARTBEAT)
         self._placed = _PlacedHolds()
         # Counters on which a record id arrived again and added nothing (a retried record).
@@ -339,6 +341,36 @@ class RedisStore:
             ]
         )
         self._placed.forget(hold_id)
+
+    async def holds(self, counter: Counter, now: float) -> list[HeldAmount]:
+        """The hold zset's live members ("hold_id:amount", scored by lease expiry)."""
+        _, zkey = self.keys_for(counter.id)
+        now_ms = await self._now_ms(now)
+        members = await self._call(self._client.zrangebyscore(zkey, f"({now_ms}", "+inf", withscores=True))
+        out = []
+        for member, score in members:
+            text = member.decode() if isinstance(member, bytes) else str(member)
+            hold_id, _, amount = text.rpartition(":")
+            if amount.isdigit():
+                out.append(HeldAmount(hold_id, int(amount), int(score)))
+        return sorted(out)
+
+    async def adjust(self, counter: Counter, credit: int | None, now: float) -> tuple[int, int]:
+        args: list[str | int] = [
+            self._clock(windows.to_millis(now)),
+            counter.window_seconds,
+            counter.bucket_seconds,
+            "" if credit is None else max(credit, 0),
+        ]
+        before, after = await self._run(self._adjust, list(self.keys_for(counter.id)), args)
+        return int(before), int(after)
+
+    async def _now_ms(self, now: float) -> int:
+        """Redis's clock (with `server_clock`) or the caller's, in ms."""
+        if not self._server_clock:
+            return windows.to_millis(now)
+        seconds, micros = await self._call(self._client.time())
+        return int(seconds) * 1000 + int(micros) // 1000
 
     async def read(self, counters: Sequence[Counter], now: float) -> tuple[CounterState, ...]:
         # The admit script with nothing blocking and nothing held is a pure read (plus the

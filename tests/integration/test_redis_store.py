@@ -277,7 +277,7 @@ async def test_the_backends_agree_under_random_traffic(redis_url: str, seed: int
     """Differential: the same random operations on both backends, state for state."""
     memory = MemoryStore()
     shared = RedisStore(redis_url, timeout_seconds=TEST_TIMEOUT)
-    seen = {"admitted": 0, "rejected": 0, "held": 0, "reset": 0}
+    seen = {"admitted": 0, "rejected": 0, "held": 0, "reset": 0, "credited": 0}
     try:
         rng = random.Random(seed)
         counters = [
@@ -309,15 +309,25 @@ async def test_the_backends_agree_under_random_traffic(redis_url: str, seed: int
                 spent = [Claim(c, rng.randint(0, 15)) for c in held_on]
                 await memory.record(spent, hold_id, now)
                 await shared.record(spent, hold_id, now)
-            elif op < 0.9 and open_holds:
+            elif op < 0.87 and open_holds:
                 hold_id, held_on = open_holds.pop(rng.randrange(len(open_holds)))
                 await memory.release(held_on, hold_id)
                 await shared.release(held_on, hold_id)
+            elif op < 0.93:
+                # An operator's credit (or, one time in four, a reset) of one counter.
+                credit = None if rng.random() < 0.25 else rng.randint(1, 30)
+                adjusted = await memory.adjust(picked[0], credit, now)
+                assert adjusted == await shared.adjust(picked[0], credit, now), (step, "adjust")
+                seen["credited"] += adjusted[0] > adjusted[1]
             else:
                 spent = [Claim(c, rng.randint(1, 10)) for c in picked]
                 await memory.record(spent, f"x{step}", now)
                 await shared.record(spent, f"x{step}", now)
             assert await memory.read(counters, now) == await shared.read(counters, now), (step, "read")
+            for c in picked:
+                assert [h.amount for h in await memory.holds(c, now)] == [
+                    h.amount for h in await shared.holds(c, now)
+                ], (step, "holds")
         assert await memory.counters_seen("") == await shared.counters_seen("")
         assert all(seen.values()), seen  # the traffic reached every case it is meant to compare
     finally:
