@@ -27,6 +27,9 @@ debian-packages:
 	@command -v redis-server >/dev/null || { \
 	  echo "installing Debian's redis-server for the test suite"; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server; }
+	@command -v promtool >/dev/null || { \
+	  echo "installing Debian's prometheus (for promtool) for the test suite"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; }
 
 test: $(STAMP) debian-packages
 	$(BIN)/ruff check extproc tests bench

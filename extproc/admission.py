@@ -329,7 +329,17 @@ class Enforcer:
         spend = Spend(usage, price, model, estimated)
         self._record(ctx, admission, spend)
         self._log_request(ctx, admission, reading, spend)
-        self.metrics.count(ctx.route, model or "", usage.input_tokens, usage.output_tokens, price.nanos)
+        self.metrics.count(
+            ctx.route,
+            model or "",
+            usage.input_tokens,
+            usage.output_tokens,
+            price.nanos,
+            operation=ctx.call.api if ctx.call else "",
+            provider=ctx.provider,
+            request_model=request.model or "",
+            seconds=time.monotonic() - ctx.started,
+        )
         return spend
 
     def _record(self, ctx: RouteContext, admission: Admission, spend: Spend) -> None:

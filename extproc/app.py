@@ -24,6 +24,7 @@ from extproc.config import Config, Problem, load_config
 from extproc.config.sources.file_watch import ConfigWatcher, fingerprint
 from extproc.config.sources.kubernetes.options import ClusterOptions
 from extproc.envoy.service import BudgetService
+from extproc.gauges import BudgetGauges
 from extproc.server.admin import AdminServer
 from extproc.server.grpc import GrpcTls, build_server, mark_serving
 from extproc.spend import spend_rows
@@ -67,6 +68,10 @@ class ServeOptions:
     admin_token: str | None = None
     # The admin API's AdjustSpend (credit or reset a counter): off unless asked for.
     admin_adjust: bool = False
+    # The per-budget gauges: read from the store this often (0: not at all), this many
+    # entry and subject pairs at most.
+    budget_gauges_interval: float = 15.0
+    budget_gauges_max_series: int = 1000
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -274,6 +279,14 @@ async def serve(opts: ServeOptions, *, stop: asyncio.Event | None = None) -> Non
     await server.start()
     startup.service, startup.store_ping = service, store.ping
     await mark_serving(health_servicer, True)
+    gauges = BudgetGauges(
+        lambda: service.snapshot,
+        store,
+        interval=opts.budget_gauges_interval or 15.0,
+        max_series=opts.budget_gauges_max_series,
+    )
+    metrics.registry.register(gauges)
+    gauging = asyncio.ensure_future(gauges.run()) if opts.budget_gauges_interval > 0 else None
     watcher: ConfigWatcher | None = None
     if loaded_from is not None:
         watcher = ConfigWatcher(
@@ -301,6 +314,10 @@ async def serve(opts: ServeOptions, *, stop: asyncio.Event | None = None) -> Non
         await _confirm_pending(store, drain_deadline, hurry, opts.journal_dir)
     if watcher is not None:
         await watcher.stop()
+    if gauging is not None:
+        gauging.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await gauging
     if cluster is not None:
         await cluster.stop()
     await admin.stop()

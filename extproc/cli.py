@@ -210,6 +210,22 @@ def _parser() -> argparse.ArgumentParser:
         "allow BudgetAdmin/AdjustSpend (credit or reset a counter, with a reason; logged), behind the"
         " admin token (or loopback peers without one)",
     )
+    _option(
+        serve,
+        "--budget-gauges-interval",
+        15.0,
+        "read spend for the per-budget gauges (extproc_budget_*) this often; 0: no such gauges",
+        type=float,
+        metavar="S",
+    )
+    _option(
+        serve,
+        "--budget-gauges-max-series",
+        1000,
+        "entry and subject pairs the gauges export at most (the rest: extproc_budget_series_dropped)",
+        type=int,
+        metavar="N",
+    )
     _option(serve, "--log-level", "info", f"one of {', '.join(LOG_LEVELS)}", type=_log_level)
     _option(
         serve,
@@ -363,6 +379,8 @@ def _serve(args: argparse.Namespace) -> int:
         grpc_tls=_grpc_tls(args),
         admin_token=_read_secret(args.admin_token_file, "--admin-token-file"),
         admin_adjust=args.admin_adjust,
+        budget_gauges_interval=args.budget_gauges_interval,
+        budget_gauges_max_series=args.budget_gauges_max_series,
         drain_delay_seconds=args.drain_delay_seconds,
         drain_seconds=args.drain_seconds,
         cluster=ClusterOptions(

@@ -174,6 +174,41 @@ class Metrics:
         self.config_reloads = Counter(
             "extproc_config_reloads", "Configuration reloads by result", ["result"], registry=r
         )
+        # OpenTelemetry's GenAI client metrics, in Prometheus form (dots as underscores; the
+        # duration in seconds), with the buckets its semantic conventions advise.
+        self.gen_ai_tokens = Histogram(
+            "gen_ai_client_token_usage",
+            "Tokens used per LLM call (OpenTelemetry gen_ai.client.token.usage)",
+            ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "gen_ai_token_type"],
+            buckets=(
+                1,
+                4,
+                16,
+                64,
+                256,
+                1024,
+                4096,
+                16384,
+                65536,
+                262144,
+                1048576,
+                4194304,
+                16777216,
+                67108864,
+            ),
+            registry=r,
+        )
+        self.gen_ai_duration = Histogram(
+            "gen_ai_client_operation_duration_seconds",
+            "LLM call duration as the gateway saw it (OpenTelemetry gen_ai.client.operation.duration)",
+            ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model"],
+            buckets=(0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92),
+            registry=r,
+        )
+        self.cost_usd = UsdCounter(
+            "extproc_cost_usd", "Cost recorded, in USD (summed exactly in nano-USD)", ["route", "model"]
+        )
+        r.register(self.cost_usd)
         self.unenforced = RouteCounter(
             "extproc_unenforced_requests",
             f"Requests on routes no policy enforces, by route (at most {UNENFORCED_ROUTE_LABELS}"
@@ -185,23 +220,84 @@ class Metrics:
         """One request on a route no policy enforces."""
         self.unenforced.inc(route)
 
-    def count(self, route: str, model: str, input_tokens: int, output_tokens: int, nanos: int) -> None:
-        """A counted request's series, their children looked up once per route and model."""
-        children = self._counted.get((route, model))
+    def count(
+        self,
+        route: str,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        nanos: int,
+        *,
+        operation: str = "",
+        provider: str = "",
+        request_model: str = "",
+        seconds: float | None = None,
+    ) -> None:
+        """A counted request's series, their children looked up once per route, model,
+        operation, provider and requested model."""
+        key = (route, model, operation, provider, request_model)
+        children = self._counted.get(key)
         if children is None:
             if len(self._counted) >= 4096:  # models come from requests: bounded
                 self._counted.clear()
-            children = self._counted[(route, model)] = (
+            gen_ai = (_operation_name(operation), provider, request_model)
+            children = self._counted[key] = (
                 self.requests.labels(route, "counted"),
                 self.tokens.labels(route, model, "input"),
                 self.tokens.labels(route, model, "output"),
                 self.cost_nanos.labels(route, model),
+                self.gen_ai_tokens.labels(*gen_ai, "input"),
+                self.gen_ai_tokens.labels(*gen_ai, "output"),
+                self.gen_ai_duration.labels(*gen_ai),
             )
-        requests, inputs, outputs, cost = children
+        requests, inputs, outputs, cost, gen_ai_input, gen_ai_output, duration = children
         requests.inc()
         inputs.inc(input_tokens)
         outputs.inc(output_tokens)
         cost.inc(nanos)
+        self.cost_usd.add((route, model), nanos)
+        gen_ai_input.observe(input_tokens)
+        gen_ai_output.observe(output_tokens)
+        if seconds is not None:
+            duration.observe(seconds)
+
+
+# Series of `extproc_cost_usd` at most; beyond, the last label (the model) is OTHER_ROUTES.
+_USD_SERIES = 4096
+# The OpenTelemetry GenAI operation names of the APIs read here.
+_OPERATION_NAMES = {
+    "openai.chat": "chat",
+    "openai.completions": "text_completion",
+    "openai.embeddings": "embeddings",
+    "openai.responses": "chat",
+    "anthropic.messages": "chat",
+    "gemini.generate": "generate_content",
+    "bedrock.converse": "chat",
+}
+
+
+def _operation_name(api: str) -> str:
+    return _OPERATION_NAMES.get(api, api)
+
+
+class UsdCounter(Collector):
+    """A counter of money kept as exact integer nano-USD per label set and shown in USD:
+    the float Prometheus needs is made once, at scrape time, from the exact sum."""
+
+    def __init__(self, name: str, documentation: str, labels: list[str]) -> None:
+        self.name, self.documentation, self.labels = name, documentation, labels
+        self.nanos: dict[tuple[str, ...], int] = {}
+
+    def add(self, labels: tuple[str, ...], nanos: int) -> None:
+        if labels not in self.nanos and len(self.nanos) >= _USD_SERIES:
+            labels = (*labels[:-1], OTHER_ROUTES)  # label values come from traffic: bounded
+        self.nanos[labels] = self.nanos.get(labels, 0) + nanos
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels, unit="")
+        for labels, nanos in self.nanos.items():
+            family.add_metric(list(labels), nanos / 1_000_000_000)
+        yield family
 
 
 class RouteCounter(Collector):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,9 @@ def processes(
     from empty spend (`fresh_spend`)."""
     folder = tmp_path_factory.mktemp("admin-api")
     (folder / "budgets.yaml").write_text(CONFIG)
-    sidecar = Sidecar([str(folder)], redis_url=e2e_redis, extra=["--admin-adjust"])
+    sidecar = Sidecar(
+        [str(folder)], redis_url=e2e_redis, extra=["--admin-adjust", "--budget-gauges-interval", "0.2"]
+    )
     envoy = Envoy(upstream.port, [sidecar.grpc_port])
     try:
         yield sidecar, envoy
@@ -277,3 +280,30 @@ async def test_with_a_token_every_method_needs_it_and_adjusting_needs_the_flag(
         assert off["code"] == 7 and "--admin-adjust" in off["message"]  # PERMISSION_DENIED
     finally:
         sidecar.stop()
+
+
+async def test_the_metrics_page_has_per_budget_gauges_and_the_gen_ai_histograms(world: World) -> None:
+    assert await world.call("fay", "200,300") == 200
+    url = f"http://127.0.0.1:{world.sidecar.admin_port}/metrics"
+    text = ""
+    for _ in range(50):
+        await asyncio.sleep(0.1)
+        text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+        if 'subject="user=fay"' in text:
+            break
+    labels = (
+        'action="Block",budget_id="team-a/teams/per-user",namespace="team-a",subject="user=fay",unit="Tokens"'
+    )
+    assert f"extproc_budget_spend{{{labels}}} 500.0" in text
+    assert f"extproc_budget_utilization{{{labels}}} 0.5" in text
+    assert f"extproc_budget_remaining{{{labels}}} 500.0" in text
+    usd = 'action="Audit",budget_id="team-a/teams/all-usd",namespace="team-a",subject="-",unit="USD"'
+    assert f"extproc_budget_spend{{{usd}}} 0.0035" in text  # 200 in, 300 out of gpt-4o, in dollars
+    # Counters of the whole module's traffic (this sidecar served every test of it).
+    values = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line[:1] != "#"
+    }
+    assert values['extproc_cost_usd_total{model="gpt-4o-2024-08-06",route="budget-demo"}'] >= 0.0035
+    gen_ai = 'gen_ai_operation_name="chat",gen_ai_provider_name="openai",gen_ai_request_model="gpt-4o"'
+    assert values[f'gen_ai_client_token_usage_sum{{{gen_ai},gen_ai_token_type="output"}}'] >= 300
+    assert values[f"gen_ai_client_operation_duration_seconds_count{{{gen_ai}}}"] >= 1

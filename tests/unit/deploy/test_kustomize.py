@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from cloudcoil.models.cert_manager.v1 import Certificate, Issuer
-from cloudcoil.models.prometheus_operator.v1 import ServiceMonitor
+from cloudcoil.models.prometheus_operator.v1 import PrometheusRule, ServiceMonitor
 from pydantic import BaseModel, ValidationError
 
 from extproc.config import load_config
@@ -33,6 +33,7 @@ KUSTOMIZE = ROOT / "deploy" / "kubernetes"
 OVERLAYS = sorted(p.name for p in (KUSTOMIZE / "overlays").iterdir() if p.is_dir())
 CUSTOM_KINDS: dict[tuple[str, str], type[BaseModel]] = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): ServiceMonitor,
+    ("monitoring.coreos.com/v1", "PrometheusRule"): PrometheusRule,
     ("cert-manager.io/v1", "Issuer"): Issuer,
     ("cert-manager.io/v1", "Certificate"): Certificate,
 }
@@ -262,7 +263,15 @@ def test_the_service_monitor_scrapes_the_admin_port_of_the_service(overlay: str)
 def test_everything_is_in_one_namespace_and_runs_as_the_service_account(overlay: str) -> None:
     docs = render(f"overlays/{overlay}")
     cluster_scoped = {"ClusterRole", "ClusterRoleBinding"}
-    assert {d["metadata"].get("namespace") for d in docs if d["kind"] not in cluster_scoped} == {NAMESPACE}
+    # Grafana's dashboard ConfigMap goes where Grafana's sidecar looks (the monitoring namespace).
+    dashboards = {
+        d["metadata"]["name"] for d in docs if "grafana_dashboard" in d["metadata"].get("labels", {})
+    }
+    assert {
+        d["metadata"].get("namespace")
+        for d in docs
+        if d["kind"] not in cluster_scoped and d["metadata"]["name"] not in dashboards
+    } == {NAMESPACE}
     account = _one(overlay, "ServiceAccount")
     assert account["automountServiceAccountToken"] is False
     pod = _one(overlay, "Deployment")["spec"]["template"]["spec"]
