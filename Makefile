@@ -21,8 +21,9 @@ run: $(STAMP)
 	@echo "  $(BIN)/extproc spend --sidecar http://127.0.0.1:9090"
 	$(BIN)/extproc serve --config examples/
 
-# Debian's redis-server (with TLS and Sentinel, which the integration suite starts), when
-# missing: CI runs as root with the package registries reachable.
+# Debian's redis-server (with TLS and Sentinel, which the integration suite starts), promtool
+# (the alert rules' tests) and chromium (the spend page's), when missing: CI runs as root
+# with the package registries reachable.
 debian-packages:
 	@command -v redis-server >/dev/null || { \
 	  echo "installing Debian's redis-server for the test suite"; \
@@ -30,6 +31,9 @@ debian-packages:
 	@command -v promtool >/dev/null || { \
 	  echo "installing Debian's prometheus (for promtool) for the test suite"; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; }
+	@command -v chromium >/dev/null || { \
+	  echo "installing Debian's chromium (the spend page's headless-browser test) for the test suite"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
 
 test: $(STAMP) debian-packages
 	$(BIN)/ruff check extproc tests bench

@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import secrets
 import time
+from collections import deque
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,11 +130,22 @@ class Blocked:
 
 
 @dataclass(frozen=True, slots=True)
+class BlockedRequest:
+    """A request answered 429, as the spend page lists it."""
+
+    at: float
+    budget_id: str
+    subject: str
+    route: str
+
+
+@dataclass(frozen=True, slots=True)
 class Unavailable:
     """The store did not answer and the route's failure mode is Closed."""
 
 
 Decision = Admission | Blocked | Unavailable
+RECENT_BLOCKS = 50
 UNAVAILABLE = Unavailable()
 
 
@@ -155,6 +167,8 @@ class Enforcer:
         # Hold ids unique across replicas without a random draw (a syscall) per request.
         self._hold_prefix = secrets.token_hex(8)
         self._hold_seq = itertools.count(1)
+        # The latest blocked requests, newest last (the spend page shows them).
+        self.recent_blocks: deque[BlockedRequest] = deque(maxlen=RECENT_BLOCKS)
         # Records whose round trip goes after the reply (the drain awaits them: `settle`).
         self._recording: set[asyncio.Task[None]] = set()
 
@@ -230,6 +244,10 @@ class Enforcer:
         blocker = blocking_entry(charges, result.states)
         if not result.admitted and blocker is not None:
             self.metrics.requests.labels(ctx.route, "blocked").inc()
+            subject = ",".join(f"{k}={v}" for k, v in blocker.charge.values) or "-"
+            self.recent_blocks.append(
+                BlockedRequest(time.time(), blocker.charge.entry.budget_id, subject, ctx.route)
+            )
             return blocker
         if ctx.budgets.rate_limit_headers:
             admission.quota = _tightest(admission.holds, charges, result.states)

@@ -25,6 +25,7 @@ from extproc.config.sources.file_watch import ConfigWatcher, fingerprint
 from extproc.config.sources.kubernetes.options import ClusterOptions
 from extproc.envoy.service import BudgetService
 from extproc.gauges import BudgetGauges
+from extproc.server import page
 from extproc.server.admin import AdminServer
 from extproc.server.grpc import GrpcTls, build_server, mark_serving
 from extproc.spend import spend_rows
@@ -132,6 +133,7 @@ class _Startup:
         self.waiting = "starting"
         self.pending: Config | None = None
         self.live: LiveConfiguration | None = None
+        self.gauges: BudgetGauges | None = None
         self.draining = False
 
     def apply(self, config: Config) -> None:
@@ -198,8 +200,31 @@ async def serve(opts: ServeOptions, *, stop: asyncio.Event | None = None) -> Non
         rows = await spend_rows(startup.service.snapshot.config, startup.service.store, time.time())
         return [row.as_dict() for row in rows]
 
+    async def spend_page(query: dict[str, str]) -> bytes:
+        service = startup.service
+        if service is None:
+            return b"<!doctype html><p>starting</p>"
+        gauges = startup.gauges
+        exhaustion = {
+            (r.labels[0], r.labels[2]): r.remaining / r.burn_per_second
+            for r in (gauges.readings if gauges is not None else ())
+            if r.burn_per_second > 0
+        }
+        return await page.render(
+            service.snapshot.config,
+            service.store,
+            query,
+            exhaustion=exhaustion,
+            blocks=service.enforcer.recent_blocks,
+        )
+
     admin = AdminServer(
-        metrics.registry, startup.ready, spend_report, store=startup.store, token=opts.admin_token
+        metrics.registry,
+        startup.ready,
+        spend_report,
+        store=startup.store,
+        token=opts.admin_token,
+        page=spend_page,
     )
     admin_host, admin_port = _split_address(opts.admin_address)
     try:
@@ -286,6 +311,7 @@ async def serve(opts: ServeOptions, *, stop: asyncio.Event | None = None) -> Non
         max_series=opts.budget_gauges_max_series,
     )
     metrics.registry.register(gauges)
+    startup.gauges = gauges
     gauging = asyncio.ensure_future(gauges.run()) if opts.budget_gauges_interval > 0 else None
     watcher: ConfigWatcher | None = None
     if loaded_from is not None:

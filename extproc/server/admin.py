@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import ipaddress
 import json
+import urllib.parse
 from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -18,6 +19,8 @@ from extproc.telemetry import log
 
 ReadyCheck = Callable[[], Awaitable[tuple[bool, str]]]
 SpendReport = Callable[[], Awaitable[list[dict[str, str | int]]]]
+# The spend page for a request's query parameters.
+SpendPage = Callable[[dict[str, str]], Awaitable[bytes]]
 
 
 class AdminServer:
@@ -29,10 +32,12 @@ class AdminServer:
         *,
         store: ReadyCheck | None = None,
         token: str | None = None,
+        page: SpendPage | None = None,
     ) -> None:
         self.registry = registry
         self.ready = ready
         self.spend = spend
+        self.page = page
         self.store = store
         # What per-subject data (/spend) needs: `Authorization: Bearer <token>`; without a
         # token it is served to loopback peers only.
@@ -56,8 +61,9 @@ class AdminServer:
             request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
             parts = request_line.split(" ")
             method, target = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
+            path, _, query = target.partition("?")
             status, ctype, body = await self._route(
-                method, target.split("?", 1)[0], _authorization(head), local=_loopback(writer)
+                method, path, _authorization(head), local=_loopback(writer), query=query
             )
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             writer.close()
@@ -84,7 +90,7 @@ class AdminServer:
             writer.close()
 
     async def _route(
-        self, method: str, path: str, authorization: bytes = b"", *, local: bool = True
+        self, method: str, path: str, authorization: bytes = b"", *, local: bool = True, query: str = ""
     ) -> tuple[int, str, bytes]:
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"read-only\n"
@@ -98,7 +104,7 @@ class AdminServer:
         if path == "/storez" and self.store is not None:
             ok, why = await self.store()
             return (200 if ok else 503), "text/plain", (why + "\n").encode()
-        if path == "/spend" and self.spend is not None:
+        if (path == "/spend" and self.spend is not None) or (path == "/" and self.page is not None):
             if self._authorization is None and not local:
                 return (
                     403,
@@ -109,6 +115,10 @@ class AdminServer:
                 authorization.lower(), self._authorization.lower()
             ):
                 return 401, "text/plain", b"a bearer token is needed for per-subject data\n"
+            if path == "/" and self.page is not None:
+                params = {k: v[-1] for k, v in urllib.parse.parse_qs(query).items()}
+                return 200, "text/html; charset=utf-8", await self.page(params)
+            assert self.spend is not None
             return 200, "application/json", json.dumps(await self.spend()).encode()
         return 404, "text/plain", b"not found\n"
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import shutil
 import subprocess
+import tempfile
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -307,3 +311,53 @@ async def test_the_metrics_page_has_per_budget_gauges_and_the_gen_ai_histograms(
     gen_ai = 'gen_ai_operation_name="chat",gen_ai_provider_name="openai",gen_ai_request_model="gpt-4o"'
     assert values[f'gen_ai_client_token_usage_sum{{{gen_ai},gen_ai_token_type="output"}}'] >= 300
     assert values[f"gen_ai_client_operation_duration_seconds_count{{{gen_ai}}}"] >= 1
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert found, "chromium is missing: `make test` installs Debian's chromium package"
+    return found
+
+
+def _browse(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Debian's chromium, headless, as root (hence no sandbox), with a throwaway profile."""
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run(
+            [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--no-first-run", f"--user-data-dir={profile}", "--window-size=1280,900", *args, url],
+            capture_output=True, text=True, timeout=90,
+        )  # fmt: skip
+
+
+async def test_the_spend_page_in_a_real_headless_browser(world: World, tmp_path: Path) -> None:
+    assert await world.call("gil", "200,300") == 200  # half of gil's 1,000 tokens
+    assert await world.call("hal", "500,500") == 200  # all of hal's
+    assert (await world.client.post_json(DEMO, ESSAY, {"x-user": "hal"})).status == 429
+    await asyncio.sleep(0.3)
+    url = f"http://127.0.0.1:{world.sidecar.admin_port}/"
+    dom = (await asyncio.to_thread(_browse, url, "--dump-dom")).stdout
+    budgets = dom.split('<table id="budgets">')[1].split("</table>")[0]
+    rows = {
+        re.search(r"user=(\w+)", r).group(1): r
+        for r in re.findall(r"<tr>(.*?)</tr>", budgets)
+        if "user=" in r
+    }
+    assert set(rows) == {"gil", "hal"}
+    assert 'style="width:50.0%"' in rows["gil"] and "500 of 1000 Tokens (50%)" in rows["gil"]
+    assert "not blocked" in rows["gil"]
+    assert 'class="bar over"' in rows["hal"] and 'class="blocked"' in rows["hal"]
+    blocks = dom.split('<table id="blocks">')[1]
+    assert "team-a/teams/per-user" in blocks and "user=hal" in blocks and "budget-demo" in blocks
+    # Filtered, as the form does it.
+    none = (await asyncio.to_thread(_browse, url + "?namespace=elsewhere", "--dump-dom")).stdout
+    assert "No budget matches." in none
+    # And as a person sees it: a screenshot, kept beside the test's other files.
+    shot = tmp_path / "spend-page.png"
+    result = await asyncio.to_thread(_browse, url, f"--screenshot={shot}")
+    assert shot.exists(), result.stderr[-2000:]
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (1280, 900)
+    if keep := os.environ.get("EXTPROC_KEEP_SCREENSHOT"):
+        Path(keep).write_bytes(data)
