@@ -25,6 +25,7 @@ from extproc.config.sources.file_watch import ConfigWatcher, fingerprint
 from extproc.config.sources.kubernetes.options import ClusterOptions
 from extproc.envoy.service import BudgetService
 from extproc.gauges import BudgetGauges
+from extproc.notify import DEFAULT_THRESHOLDS, Notifier, Webhook
 from extproc.server import page
 from extproc.server.admin import AdminServer
 from extproc.server.grpc import GrpcTls, build_server, mark_serving
@@ -73,6 +74,9 @@ class ServeOptions:
     # entry and subject pairs at most.
     budget_gauges_interval: float = 15.0
     budget_gauges_max_series: int = 1000
+    # Threshold notifications: where to, and at which percentages of a limit.
+    notify_webhooks: tuple[Webhook, ...] = ()
+    notify_thresholds: tuple[int, ...] = DEFAULT_THRESHOLDS
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -304,11 +308,19 @@ async def serve(opts: ServeOptions, *, stop: asyncio.Event | None = None) -> Non
     await server.start()
     startup.service, startup.store_ping = service, store.ping
     await mark_serving(health_servicer, True)
+    notifier = None
+    if opts.notify_webhooks:
+        notifier = Notifier(
+            store, opts.notify_webhooks, thresholds=opts.notify_thresholds, registry=metrics.registry
+        )
+        if opts.budget_gauges_interval <= 0:
+            log.warning("threshold notifications need --budget-gauges-interval above 0; none will be sent")
     gauges = BudgetGauges(
         lambda: service.snapshot,
         store,
         interval=opts.budget_gauges_interval or 15.0,
         max_series=opts.budget_gauges_max_series,
+        notifier=notifier,
     )
     metrics.registry.register(gauges)
     startup.gauges = gauges
@@ -344,6 +356,8 @@ async def serve(opts: ServeOptions, *, stop: asyncio.Event | None = None) -> Non
         gauging.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await gauging
+    if notifier is not None:
+        await notifier.close()
     if cluster is not None:
         await cluster.stop()
     await admin.stop()

@@ -226,6 +226,36 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
     )
+    serve.add_argument(
+        "--notify-webhook",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="send threshold crossings here as signed JSON (repeatable)"
+        " [env EXTPROC_NOTIFY_WEBHOOKS, URL,URL; default: none]",
+    )
+    serve.add_argument(
+        "--notify-slack-webhook",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="send them to a Slack incoming webhook (repeatable)"
+        " [env EXTPROC_NOTIFY_SLACK_WEBHOOKS, URL,URL; default: none]",
+    )
+    _option(
+        serve,
+        "--notify-hmac-key-file",
+        metavar="FILE",
+        help="sign the JSON webhooks' bodies with this key (X-Extproc-Signature: sha256=HMAC)",
+    )
+    _option(
+        serve,
+        "--notify-thresholds",
+        "50,80,100",
+        "percentages of a limit whose crossing is notified, once per window",
+        type=_thresholds,
+        metavar="P,P,...",
+    )
     _option(serve, "--log-level", "info", f"one of {', '.join(LOG_LEVELS)}", type=_log_level)
     _option(
         serve,
@@ -321,6 +351,32 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _thresholds(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not percentages like 50,80,100") from None
+    if not values or any(not 0 < v <= 1000 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: each percentage is 1 to 1000")
+    return values
+
+
+def _webhooks(args: argparse.Namespace) -> tuple[Any, ...]:
+    from extproc.notify import Webhook
+
+    key = _read_secret(args.notify_hmac_key_file, "--notify-hmac-key-file")
+    plain = args.notify_webhook or [u for u in (_env("NOTIFY_WEBHOOKS") or "").split(",") if u.strip()]
+    slack = args.notify_slack_webhook or [
+        u for u in (_env("NOTIFY_SLACK_WEBHOOKS") or "").split(",") if u.strip()
+    ]
+    hooks = [Webhook(u.strip(), "json", key.encode() if key else None) for u in plain]
+    hooks += [Webhook(u.strip(), "slack") for u in slack]
+    for hook in hooks:
+        if not hook.url.startswith(("http://", "https://")):
+            raise UsageError(f"a webhook URL starts with http:// or https://, not {hook.url!r}")
+    return tuple(hooks)
+
+
 def _count(text: str) -> int:
     try:
         value = int(text)
@@ -381,6 +437,8 @@ def _serve(args: argparse.Namespace) -> int:
         admin_adjust=args.admin_adjust,
         budget_gauges_interval=args.budget_gauges_interval,
         budget_gauges_max_series=args.budget_gauges_max_series,
+        notify_webhooks=_webhooks(args),
+        notify_thresholds=args.notify_thresholds,
         drain_delay_seconds=args.drain_delay_seconds,
         drain_seconds=args.drain_seconds,
         cluster=ClusterOptions(

@@ -26,7 +26,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from extproc.admission import Snapshot, counter_for
+from extproc.budgets import Charge
 from extproc.config.model import NANOS_PER_USD, BudgetEntry, Unit
+from extproc.notify import Crossing, Notifier
 from extproc.spend import charges_seen, remaining
 from extproc.store import CounterState, SpendStore, StoreUnavailable
 from extproc.telemetry import log
@@ -48,6 +50,11 @@ class Reading:
     reset_seconds: int
 
 
+def _text(value: float) -> str:
+    """A gauge's value as an amount in a notification: no float noise (0.1 + 0.2)."""
+    return format(Decimal(repr(value)).normalize(), "f")
+
+
 def _value(entry: BudgetEntry, units: int) -> float:
     """Store units as the entry's unit: USD from exact nano-USD, or tokens."""
     if entry.unit is Unit.USD:
@@ -63,11 +70,14 @@ class BudgetGauges(Collector):
         *,
         interval: float = 15.0,
         max_series: int = 1000,
+        notifier: Notifier | None = None,
     ) -> None:
         self.snapshot = snapshot  # the live configuration's, read at each refresh
         self.store = store
         self.interval = interval
         self.max_series = max_series
+        # Told of every reading at or over a threshold (threshold notifications).
+        self.notifier = notifier
         self.readings: list[Reading] = []
         self.dropped = 0
         self.refreshes = 0
@@ -118,11 +128,37 @@ class BudgetGauges(Collector):
             )
         self._previous = current
         self.readings, self.dropped = readings, dropped
+        if self.notifier is not None:
+            await self._notify(kept, readings)
         self.refreshes += 1
         self.last_refresh_seconds = time.perf_counter() - started
         if dropped and dropped != self._logged_dropped:
             log.warning("budget gauges capped", series=len(kept), dropped=dropped, max_series=self.max_series)
         self._logged_dropped = dropped
+
+    async def _notify(self, charges: list[Charge], readings: list[Reading]) -> None:
+        notifier = self.notifier
+        assert notifier is not None
+        lowest = notifier.thresholds[0] / 100 if notifier.thresholds else 2.0
+        at = time.time()
+        for charge, reading in zip(charges, readings, strict=True):
+            utilization = (reading.spend + reading.held) / reading.limit if reading.limit > 0 else 1.0
+            if utilization < lowest:
+                continue
+            e = charge.entry
+            crossing = Crossing(
+                budget_id=e.budget_id,
+                subject=reading.labels[2],
+                threshold=0,
+                utilization=utilization,
+                spend=_text(reading.spend),
+                limit=_text(reading.limit),
+                unit=e.unit.value,
+                window=e.window.value,
+                action=e.action.value,
+                at=at,
+            )
+            await notifier.observe(crossing, e.window.seconds)
 
     def collect(self) -> Iterator[Metric]:
         families = {

@@ -155,6 +155,11 @@ class SpendStore(Protocol):
         """The live holds on a counter (the admin API's ListHolds)."""
         ...
 
+    async def claim_once(self, key: str, ttl_seconds: int) -> bool:
+        """True for the first caller of `key` (of every replica sharing the store) until
+        `ttl_seconds` pass: what makes a notification go once per window."""
+        ...
+
     async def adjust(self, counter: Counter, credit: int | None, now: float) -> tuple[int, int]:
         """Takes `credit` off the counter's spend, newest spend first and never below zero,
         or all of it (`None`: a reset); holds stay. Returns the spend before and after."""

@@ -336,6 +336,10 @@ class FailoverStore:
         # The shared truth or an error, as `read`.
         return await self._primary.holds(counter, now)
 
+    async def claim_once(self, key: str, ttl_seconds: int) -> bool:
+        # Across replicas or not at all: a claim kept locally would send twice.
+        return await self._primary.claim_once(key, ttl_seconds)
+
     async def adjust(self, counter: Counter, credit: int | None, now: float) -> tuple[int, int]:
         # An operator's change goes to the shared store or fails: never kept for later,
         # where it could land after spend it was meant to come before.

@@ -14,6 +14,7 @@ mutates, so concurrent admits on that loop are serialised for free.
 from __future__ import annotations
 
 import heapq
+import time
 from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -190,6 +191,8 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._windows: dict[str, _Window] = {}
+        # claim_once's keys and when each claim ends (monotonic seconds).
+        self._claims: dict[str, float] = {}
         self._latest_ms = 0
         self._ops = 0
 
@@ -240,6 +243,15 @@ class MemoryStore:
         return sorted(
             HeldAmount(hold_id, amount, expiry) for hold_id, (amount, expiry) in window.holds.items()
         )
+
+    async def claim_once(self, key: str, ttl_seconds: int) -> bool:
+        now = time.monotonic()
+        if self._claims.get(key, 0.0) > now:
+            return False
+        if len(self._claims) > 100_000:  # bounded: expired claims go first
+            self._claims = {k: t for k, t in self._claims.items() if t > now}
+        self._claims[key] = now + ttl_seconds
+        return True
 
     async def adjust(self, counter: Counter, credit: int | None, now: float) -> tuple[int, int]:
         now_ms = self._tick(now)

@@ -355,6 +355,12 @@ class RedisStore:
                 out.append(HeldAmount(hold_id, int(amount), int(score)))
         return sorted(out)
 
+    async def claim_once(self, key: str, ttl_seconds: int) -> bool:
+        claimed = await self._call(
+            self._client.set(f"{self._prefix}{key}", "1", nx=True, ex=max(1, ttl_seconds))
+        )
+        return bool(claimed)
+
     async def adjust(self, counter: Counter, credit: int | None, now: float) -> tuple[int, int]:
         args: list[str | int] = [
             self._clock(windows.to_millis(now)),

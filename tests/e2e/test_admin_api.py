@@ -4,6 +4,8 @@ a sidecar on a real Redis with spend made by real traffic through a real Envoy."
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -21,6 +23,7 @@ import pytest
 from tests.support.e2e import DEMO, ESSAY, log_lines
 from tests.support.http import HttpClient, MockOpenAI
 from tests.support.procs import Envoy, Sidecar
+from tests.support.webhooks import Receiver
 
 pytestmark = pytest.mark.e2e
 
@@ -103,15 +106,19 @@ def processes(
     from empty spend (`fresh_spend`)."""
     folder = tmp_path_factory.mktemp("admin-api")
     (folder / "budgets.yaml").write_text(CONFIG)
-    sidecar = Sidecar(
-        [str(folder)], redis_url=e2e_redis, extra=["--admin-adjust", "--budget-gauges-interval", "0.2"]
-    )
+    (folder / "hook.key").write_text("hook-secret\n")
+    hooks = Receiver()
+    extra = ["--admin-adjust", "--budget-gauges-interval", "0.2", "--notify-webhook", hooks.url]
+    extra += ["--notify-hmac-key-file", str(folder / "hook.key")]
+    sidecar = Sidecar([str(config) for config in folder.glob("*.yaml")], redis_url=e2e_redis, extra=extra)
+    sidecar.hooks = hooks  # type: ignore[attr-defined]
     envoy = Envoy(upstream.port, [sidecar.grpc_port])
     try:
         yield sidecar, envoy
     finally:
         envoy.stop()
         sidecar.stop()
+        hooks.stop()
 
 
 @pytest.fixture()
@@ -361,3 +368,23 @@ async def test_the_spend_page_in_a_real_headless_browser(world: World, tmp_path:
     assert (width, height) == (1280, 900)
     if keep := os.environ.get("EXTPROC_KEEP_SCREENSHOT"):
         Path(keep).write_bytes(data)
+
+
+async def test_a_budget_crossing_a_threshold_is_told_to_the_webhook(world: World) -> None:
+    hooks: Receiver = world.sidecar.hooks  # type: ignore[attr-defined]
+    assert await world.call("ivy", "300,300") == 200  # 60% of ivy's 1,000 tokens
+    ivy: list[dict[str, Any]] = []
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        ivy = [r.json() for r in hooks.requests if r.json().get("subject") == "user=ivy"]
+        if ivy:
+            break
+    assert [(c["budget_id"], c["threshold"], c["spend"], c["limit"]) for c in ivy] == [
+        (PER_USER, 50, "600", "1000")
+    ]
+    (signed,) = [r for r in hooks.requests if r.json().get("subject") == "user=ivy"]
+    stamp = signed.headers["x-extproc-timestamp"]
+    digest = hmac.new(b"hook-secret", stamp.encode() + b"." + signed.body, hashlib.sha256).hexdigest()
+    assert signed.headers["x-extproc-signature"] == f"sha256={digest}"
+    await asyncio.sleep(0.6)  # three more refreshes: the same crossing is not sent again
+    assert len([r for r in hooks.requests if r.json().get("subject") == "user=ivy"]) == 1
