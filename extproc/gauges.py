@@ -139,13 +139,13 @@ class BudgetGauges(Collector):
     async def _notify(self, charges: list[Charge], readings: list[Reading]) -> None:
         notifier = self.notifier
         assert notifier is not None
-        lowest = notifier.thresholds[0] / 100 if notifier.thresholds else 2.0
         at = time.time()
         for charge, reading in zip(charges, readings, strict=True):
-            utilization = (reading.spend + reading.held) / reading.limit if reading.limit > 0 else 1.0
-            if utilization < lowest:
-                continue
             e = charge.entry
+            thresholds = e.notify_at or notifier.thresholds
+            utilization = (reading.spend + reading.held) / reading.limit if reading.limit > 0 else 1.0
+            if not thresholds or utilization * 100 < thresholds[0]:
+                continue
             crossing = Crossing(
                 budget_id=e.budget_id,
                 subject=reading.labels[2],
@@ -158,7 +158,7 @@ class BudgetGauges(Collector):
                 action=e.action.value,
                 at=at,
             )
-            await notifier.observe(crossing, e.window.seconds)
+            await notifier.observe(crossing, e.window.seconds, e.notify_at)
 
     def collect(self) -> Iterator[Metric]:
         families = {

@@ -99,10 +99,11 @@ class Notifier:
             registry=registry,
         )
 
-    async def observe(self, reading: Crossing, window_seconds: int) -> None:
-        """A reading (its `threshold` unset) at or above some thresholds: each one not yet
-        claimed for this window is claimed (of all replicas one wins) and queued."""
-        for threshold in self.thresholds:
+    async def observe(self, reading: Crossing, window_seconds: int, thresholds: tuple[int, ...] = ()) -> None:
+        """A reading (its `threshold` unset) at or above some thresholds (the entry's own,
+        else the sidecar's): each one not yet claimed for this window is claimed (of all
+        replicas one wins) and queued."""
+        for threshold in thresholds or self.thresholds:
             if reading.utilization * 100 < threshold:
                 break
             key = f"notify|{reading.budget_id}|{reading.subject}|{threshold}"

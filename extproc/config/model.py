@@ -97,6 +97,9 @@ class BudgetEntry:
     window: Window
     action: Action
     subject: Mapping[str, str] = field(default_factory=frozen_map)
+    # Percentages of the limit whose crossing is notified (`notifyAt`); () for the sidecar's
+    # --notify-thresholds.
+    notify_at: tuple[int, ...] = ()
 
     @property
     def budget_id(self) -> str:

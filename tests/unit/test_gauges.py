@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from decimal import Decimal
 
@@ -97,3 +98,28 @@ async def test_subjects_beyond_the_cap_are_counted_not_exported() -> None:
     await gauges.refresh()
     assert len(samples(registry, "extproc_budget_spend")) == 2
     assert registry.get_sample_value("extproc_budget_series_dropped") == 2  # cy and the USD entry
+
+
+async def test_a_refresh_notifies_at_the_entrys_own_thresholds() -> None:
+    from extproc.notify import Notifier, Webhook
+    from tests.support.webhooks import Receiver
+
+    own = dataclasses.replace(PER_USER, notify_at=(30,))
+    config = dataclasses.replace(CONFIG, budgets=(BudgetResource("ns", "teams", (own, ALL_USD)),))
+    store = MemoryStore()
+    await spend_on(store, own, 400, user="ann")  # 40%: past its own 30, short of the default 50
+    receiver = Receiver()
+    notifier = Notifier(store, [Webhook(receiver.url)], registry=CollectorRegistry(), backoff_seconds=0.01)
+    try:
+        gauges = BudgetGauges(lambda: Snapshot(config), store, interval=60, notifier=notifier)
+        await gauges.refresh()
+        await gauges.refresh()  # again: claimed already, nothing more
+        await notifier.drained()
+        assert [(r.json()["subject"], r.json()["threshold"]) for r in receiver.requests] == [("user=ann", 30)]
+    finally:
+        await notifier.close()
+        receiver.stop()
+
+
+async def spend_on(store: MemoryStore, entry: BudgetEntry, amount: int, **values: str) -> None:
+    await store.record([Claim(counter_for(charge(entry, **values)), amount)], "r", time.time())

@@ -21,7 +21,8 @@ MAX_TOKENS = 2**32 - 1
 # USD limits are compared in nano-dollars against Redis integers, which are signed 64-bit.
 _MAX_USD = Decimal(2**63 - 1).scaleb(-9)
 _NANO_DIGITS = len(str(NANOS_PER_USD)) - 1
-_ENTRY_FIELDS = ("name", "subject", "limit", "window", "onBudgetExceeded")
+_MAX_NOTIFY_AT = 10
+_ENTRY_FIELDS = ("name", "subject", "limit", "window", "onBudgetExceeded", "notifyAt")
 
 
 def parse_budget(r: Reporter, doc: Map, meta: Meta, out: Fragment) -> None:
@@ -66,10 +67,33 @@ def _budget_entry(r: Reporter, node: Node, path: str, meta: Meta) -> BudgetEntry
     )
     action_node = r.get(entry, "onBudgetExceeded", path, required=True)
     action = r.choice(action_node, f"{path}.onBudgetExceeded", Action, "action")
+    notify_at = _notify_at(r, r.get(entry, "notifyAt", path), f"{path}.notifyAt")
     if name is None or subject is None or limit is None or window is None or action is None:
         return None
     unit, amount = limit
-    return BudgetEntry(meta.namespace, meta.name, name, unit, amount, window, action, frozen_map(subject))
+    return BudgetEntry(
+        meta.namespace, meta.name, name, unit, amount, window, action, frozen_map(subject), notify_at
+    )
+
+
+def _notify_at(r: Reporter, node: Node | None, path: str) -> tuple[int, ...]:
+    """`notifyAt: [50, 80, 100]`: percentages of the limit, each 1 to 1000, at most 10."""
+    if node is None:
+        return ()
+    items = r.sequence(node, path)
+    if items is None:
+        return ()
+    if len(items.items) > _MAX_NOTIFY_AT:
+        r.add(items.line, path, f"at most {_MAX_NOTIFY_AT} thresholds, got {len(items.items)}")
+        return ()
+    values: list[int] = []
+    for i, item in enumerate(items.items):
+        value = item.value if isinstance(item, Scalar) else None
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 1000:
+            r.add(item.line, f"{path}[{i}]", f"a percentage of the limit, 1 to 1000, not {value!r}")
+            continue
+        values.append(value)
+    return tuple(sorted(set(values)))
 
 
 def _entry_name(r: Reporter, node: Node | None, path: str) -> str | None:

@@ -405,7 +405,7 @@ def test_unknown_fields_in_an_entry_are_rejected_with_a_guess(tmp_path):
         "b.yaml:7: spec.budgets[0].onBudgetExceeded: is required",
         "b.yaml:8: spec.budgets[0].limit.currency: unknown field; expected one of: unit, amount",
         'b.yaml:10: spec.budgets[0].onBudgetExeeded: unknown field (did you mean "onBudgetExceeded"?); '
-        "expected one of: name, subject, limit, window, onBudgetExceeded",
+        "expected one of: name, subject, limit, window, onBudgetExceeded, notifyAt",
     ]
 
 
