@@ -244,9 +244,10 @@ class Enforcer:
         blocker = blocking_entry(charges, result.states)
         if not result.admitted and blocker is not None:
             self.metrics.requests.labels(ctx.route, "blocked").inc()
-            subject = ",".join(f"{k}={v}" for k, v in blocker.charge.values) or "-"
             self.recent_blocks.append(
-                BlockedRequest(time.time(), blocker.charge.entry.budget_id, subject, ctx.route)
+                BlockedRequest(
+                    time.time(), blocker.charge.entry.budget_id, blocker.charge.subject_text, ctx.route
+                )
             )
             return blocker
         if ctx.budgets.rate_limit_headers:

@@ -37,6 +37,11 @@ class Charge:
     # counter (tokens must never be read as dollars). Computed once, used several times.
     counter_id: str = field(init=False, compare=False, repr=False)
 
+    @property
+    def subject_text(self) -> str:
+        """The subject as operators read it: `team=ml,user=ann`, or `-` for everyone."""
+        return ",".join(f"{k}={v}" for k, v in self.values) or "-"
+
     def __post_init__(self) -> None:
         e = self.entry
         subject = ",".join(f"{_escape(k)}={_escape(_bounded(v))}" for k, v in self.values)

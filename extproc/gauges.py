@@ -49,6 +49,11 @@ class Reading:
     burn_per_second: float
     reset_seconds: int
 
+    @property
+    def utilization(self) -> float:
+        """(spend + held) / limit: 1 is the limit (a limit of 0 is always at it)."""
+        return (self.spend + self.held) / self.limit if self.limit > 0 else 1.0
+
 
 def _text(value: float) -> str:
     """A gauge's value as an amount in a notification: no float noise (0.1 + 0.2)."""
@@ -114,7 +119,7 @@ class BudgetGauges(Collector):
                 added = max(0, state.spend - before[0]) / (clock - before[1])
                 burn = before[2] + _SMOOTHING * (added - before[2])
             current[counter.id] = (state.spend, clock, burn)
-            subject = ",".join(f"{k}={v}" for k, v in charge.values) or "-"
+            subject = charge.subject_text
             readings.append(
                 Reading(
                     labels=(entry.budget_id, entry.namespace, subject, entry.unit.value, entry.action.value),
@@ -143,7 +148,7 @@ class BudgetGauges(Collector):
         for charge, reading in zip(charges, readings, strict=True):
             e = charge.entry
             thresholds = e.notify_at or notifier.thresholds
-            utilization = (reading.spend + reading.held) / reading.limit if reading.limit > 0 else 1.0
+            utilization = reading.utilization
             if not thresholds or utilization * 100 < thresholds[0]:
                 continue
             crossing = Crossing(
@@ -201,7 +206,7 @@ class BudgetGauges(Collector):
             families["limit"].add_metric(labels, r.limit)
             families["held"].add_metric(labels, r.held)
             families["remaining"].add_metric(labels, r.remaining)
-            families["utilization"].add_metric(labels, (r.spend + r.held) / r.limit if r.limit > 0 else 1.0)
+            families["utilization"].add_metric(labels, r.utilization)
             families["burn"].add_metric(labels, r.burn_per_second)
             if r.burn_per_second > 0:
                 families["exhaustion"].add_metric(labels, r.remaining / r.burn_per_second)

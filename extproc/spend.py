@@ -114,7 +114,7 @@ async def spend_rows(config: Config, store: SpendStore, now: float) -> list[Spen
         rows.append(
             SpendRow(
                 budget_id=e.budget_id,
-                subject=",".join(f"{k}={v}" for k, v in charge.values) or "-",
+                subject=charge.subject_text,
                 unit=e.unit.value,
                 window=e.window.value,
                 action=e.action.value,

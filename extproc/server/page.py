@@ -94,7 +94,7 @@ async def render(
     rows = []
     for charge, state in zip(shown, states, strict=True):
         e = charge.entry
-        subject_text = ",".join(f"{k}={v}" for k, v in charge.values) or "-"
+        subject_text = charge.subject_text
         used = state.spend + state.held
         share = used / e.limit_units if e.limit_units > 0 else 1.0
         level = "over" if share >= 1 else "warn" if share >= 0.8 else ""
